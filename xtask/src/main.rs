@@ -1,0 +1,113 @@
+//! `cargo xtask`: the project's commands. Every command first makes sure the machine has what
+//! it needs (`setup`), so a fresh machine needs no manual step.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xdpdhcp development tasks", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src for nightly, a bpf-linker built
+    /// against nightly's LLVM, and the Debian packages of the peer servers and clients.
+    /// Idempotent; every other command runs it first.
+    Setup,
+    /// Build the daemon (and the XDP program it embeds) in release mode.
+    Build,
+    /// Run every test (as root: the tests load XDP programs and create network namespaces).
+    Test {
+        /// Run only the tests whose names contain FILTER.
+        filter: Option<String>,
+    },
+    /// Measure: `--fastpath` for the XDP microbenchmark.
+    Bench(bench::BenchArgs),
+    /// Build and run the daemon on a real NIC: `cargo xtask run -- serve --config FILE`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build and run the network-namespace lab: clients, a relay and the daemon on one machine.
+    Lab,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).context("entering the workspace")?;
+    match cli.command {
+        Task::Setup => setup::run(&root),
+        Task::Build => {
+            setup::ensure(&root)?;
+            build_release()
+        }
+        Task::Test { filter } => {
+            setup::ensure(&root)?;
+            test(filter.as_deref())
+        }
+        Task::Bench(args) => {
+            setup::ensure(&root)?;
+            bench::run(&root, &args)
+        }
+        Task::Run { args } => {
+            setup::ensure(&root)?;
+            build_release()?;
+            exec(Command::new(root.join("target/release/xdpdhcp")).args(args))
+        }
+        Task::Lab => {
+            setup::ensure(&root)?;
+            build_release()?;
+            bail!("not yet: the lab needs the daemon (`xdpdhcp serve`)")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, inheriting stdio; fails if it fails.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn build_release() -> Result<()> {
+    exec(cargo().args(["build", "--release", "-p", "dhcp-user"]))
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the tests load XDP programs and create network namespaces: run them as root");
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    cmd.arg("--");
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    exec(&mut cmd)
+}
