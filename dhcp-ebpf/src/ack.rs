@@ -123,6 +123,17 @@ fn put_u32(buf: &mut [u8; REPLY_BUF], at: usize, v: u32) {
     unsafe { (buf.as_mut_ptr().add(at) as *mut u32).write_unaligned(v.to_be()) };
 }
 
+/// A MAC address at a variable offset, as a 4- and a 2-byte store (a 6-byte array copy at a
+/// variable address would become a call to a byte-copy subprogram).
+#[inline(always)]
+fn put_mac(buf: &mut [u8; REPLY_BUF], at: usize, mac: &[u8; ETH_ALEN]) {
+    let [a, b, c, d, e, f] = *mac;
+    unsafe {
+        (buf.as_mut_ptr().add(at) as *mut u32).write_unaligned(u32::from_ne_bytes([a, b, c, d]));
+        (buf.as_mut_ptr().add(at + 4) as *mut u16).write_unaligned(u16::from_ne_bytes([e, f]));
+    }
+}
+
 #[inline(always)]
 fn put_option_u32(buf: &mut [u8; REPLY_BUF], at: usize, code: u8, v: u32) {
     put_u16(buf, at, u16::from_be_bytes([code, 4]));
@@ -396,11 +407,8 @@ fn write_l2_header(
         tags_at = end - 6;
     }
     let start = tags_at - 2 * ETH_ALEN;
-    unsafe {
-        (r.as_mut_ptr().add(start & 0x3f) as *mut [u8; ETH_ALEN]).write_unaligned(route.dst_mac);
-        (r.as_mut_ptr().add((start + ETH_ALEN) & 0x3f) as *mut [u8; ETH_ALEN])
-            .write_unaligned(*our_mac);
-    }
+    put_mac(r, start & 0x3f, &route.dst_mac);
+    put_mac(r, (start + ETH_ALEN) & 0x3f, our_mac);
     start
 }
 

@@ -1,1 +1,224 @@
-fn main() {}
+//! The `xdpdhcp` command: the daemon and the tools to look at it.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand};
+use dhcp_user::{config, daemon, fastpath};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "xdpdhcp",
+    version,
+    about = "DHCPv4 server whose renewals are answered in XDP",
+    long_about = "A DHCPv4 server for networks with many clients. An XDP program answers lease \
+renewals (RENEWING, REBINDING, INIT-REBOOT) straight from a BPF map at line rate; the daemon \
+allocates addresses, stores every lease in SQLite before replying, and keeps the map in sync. \
+No client is ever told it holds an address longer than the store has recorded.\n\n\
+Start with `xdpdhcp check-config FILE`, then `xdpdhcp serve --config FILE` (as root)."
+)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `dhcp_user=debug` (also RUST_LOG).
+    #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: load the lease store, fill the fast path, attach XDP, serve.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file; prints every error with its line number.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Counters of a running server: fast path (per outcome) and daemon.
+    Stats(Target),
+    /// Leases held by a running server.
+    Leases(Target),
+}
+
+#[derive(Args)]
+struct Target {
+    /// The server's configuration (to find its control socket and pinned counters).
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// Control socket of the server [default: /run/xdpdhcp/control.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A reader that goes away (`xdpdhcp stats | head`) ends the command quietly.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve { config } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(daemon::serve(&config))),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Stats(t) => stats(&t),
+        Command::Leases(t) => leases(&t),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xdpdhcp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> Result<()> {
+    let c = config::load(file).map_err(|e| anyhow!("{e}"))?;
+    println!(
+        "{}: OK — {} interface(s), {} subnet(s), {} pool addresses, {} reservation(s)",
+        file.display(),
+        c.interfaces.len(),
+        c.subnets.len(),
+        c.pool_size() - c.reservations.len() as u64,
+        c.reservations.len()
+    );
+    Ok(())
+}
+
+fn endpoints(t: &Target) -> Result<(PathBuf, Option<PathBuf>)> {
+    match (&t.config, &t.socket) {
+        (Some(c), _) => {
+            let c = config::load(c).map_err(|e| anyhow!("{e}"))?;
+            Ok((c.control_socket, Some(c.bpffs_dir)))
+        }
+        (None, Some(s)) => Ok((s.clone(), None)),
+        (None, None) => Ok((
+            "/run/xdpdhcp/control.sock".into(),
+            Some("/sys/fs/bpf/xdpdhcp".into()),
+        )),
+    }
+}
+
+fn ask(socket: &Path, command: &str) -> Result<Value> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(stream, "{}", serde_json::json!({ "command": command }))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line).context("reply from the daemon")?;
+    if let Some(e) = v.get("error") {
+        return Err(anyhow!("daemon: {e}"));
+    }
+    Ok(v)
+}
+
+fn stats(t: &Target) -> Result<()> {
+    let (socket, pins) = endpoints(t)?;
+    let v = match ask(&socket, "stats") {
+        Ok(v) => v,
+        Err(e) => {
+            // The daemon is not answering: the pinned counters still tell what XDP did.
+            let pins = pins.ok_or(e)?;
+            let c = fastpath::read_pinned_counters(&pins)?;
+            eprintln!(
+                "xdpdhcp: the daemon is not answering; fast-path counters from {}",
+                pins.display()
+            );
+            let fast: serde_json::Map<_, _> = c
+                .iter()
+                .map(|(k, n)| (k.name().to_string(), n.into()))
+                .collect();
+            serde_json::json!({ "fast_path": fast })
+        }
+    };
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if let Some(fast) = v.get("fast_path").and_then(Value::as_object) {
+        println!("fast path (XDP):");
+        for counter in dhcp_common::Counter::ALL {
+            let n = fast
+                .get(counter.name())
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if n > 0 {
+                println!("  {:<28} {:>12}   {}", counter.name(), n, counter.help());
+            }
+        }
+    }
+    if let Some(d) = v.get("daemon").and_then(Value::as_object) {
+        println!("daemon:");
+        for (k, n) in d {
+            println!("  {k:<28} {n:>12}");
+        }
+    }
+    if let Some(pools) = v.get("pools").and_then(Value::as_array) {
+        println!("pools:");
+        for p in pools {
+            println!(
+                "  {:<20} {:>8} free of {}",
+                p["subnet"].as_str().unwrap_or(""),
+                p["free"],
+                p["total"]
+            );
+        }
+    }
+    if let Some(n) = v.get("leases") {
+        println!("active leases: {n}");
+    }
+    Ok(())
+}
+
+fn leases(t: &Target) -> Result<()> {
+    let (socket, _) = endpoints(t)?;
+    let v = ask(&socket, "leases")?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let now = dhcp_user::clock::unix_now() as i64;
+    println!(
+        "{:<16} {:<9} {:<18} {:>10}  client id / hostname",
+        "address", "state", "hardware", "ends in"
+    );
+    for l in v["leases"].as_array().into_iter().flatten() {
+        let ends = l["ends"].as_i64().unwrap_or(0) - now;
+        println!(
+            "{:<16} {:<9} {:<18} {:>9}s  {} {}",
+            l["address"].as_str().unwrap_or(""),
+            l["state"].as_str().unwrap_or(""),
+            l["hwaddr"].as_str().unwrap_or("-"),
+            ends,
+            l["client_id"].as_str().unwrap_or("-"),
+            l["hostname"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}

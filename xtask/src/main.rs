@@ -103,8 +103,11 @@ fn test(filter: Option<&str>) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the tests load XDP programs and create network namespaces: run them as root");
     }
+    // The end-to-end tests run the real daemon binary: build it first (debug, like the tests).
+    exec(cargo().args(["build", "-p", "dhcp-user", "--bin", "xdpdhcp"]))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    cmd.env("XDPDHCP_BIN", workspace_root().join("target/debug/xdpdhcp"));
     cmd.arg("--");
     if let Some(filter) = filter {
         cmd.arg(filter);
