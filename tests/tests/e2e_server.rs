@@ -347,3 +347,26 @@ fn e2e_configuration_errors() {
     let (ok, out) = xdpdhcp(&["check-config", "/nonexistent.toml"]);
     assert!(!ok && out.contains("cannot read"), "{out}");
 }
+
+#[test]
+fn e2e_inform_gets_parameters_without_a_lease() {
+    let (lab, d) = lab_and_daemon("");
+    let mut r = RelayClient::new(&lab.relay, PLAYED_RELAY_GIADDR).unwrap();
+    let inform = Bootp {
+        ciaddr: Ipv4Addr::new(192, 168, 60, 99),
+        ..Bootp::dhcp(msg::INFORM, mac(5))
+    }
+    .with(opt::PARAMETER_REQUEST_LIST, &[3, 6]);
+    let a = r.exchange(inform).expect("an answer to INFORM");
+    assert_eq!(a.msg_type, MessageType::Ack);
+    assert_eq!(a.yiaddr, Ipv4Addr::UNSPECIFIED, "RFC 2131 §3.4: no address");
+    assert_eq!(a.lease_time, None, "and no lease time");
+    assert_eq!(
+        a.options
+            .iter()
+            .find(|(c, _)| *c == 3)
+            .map(|(_, v)| v.clone()),
+        Some(vec![192, 168, 60, 1])
+    );
+    assert!(d.leases().is_empty(), "INFORM creates no lease");
+}

@@ -39,8 +39,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build and run the network-namespace lab: clients, a relay and the daemon on one machine.
-    Lab,
+    /// Build and run the network-namespace lab: the daemon with XDP, dhclient, udhcpc, a relay
+    /// (`-- --hold` keeps it up to look around).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,10 +70,25 @@ fn main() -> Result<()> {
             build_release()?;
             exec(Command::new(root.join("target/release/xdpdhcp")).args(args))
         }
-        Task::Lab => {
+        Task::Lab { args } => {
             setup::ensure(&root)?;
             build_release()?;
-            bail!("not yet: the lab needs the daemon (`xdpdhcp serve`)")
+            as_root("the lab")?;
+            exec(
+                cargo()
+                    .args([
+                        "run",
+                        "--quiet",
+                        "--release",
+                        "-p",
+                        "xdpdhcp-tests",
+                        "--bin",
+                        "lab",
+                        "--",
+                    ])
+                    .args(args)
+                    .env("XDPDHCP_BIN", root.join("target/release/xdpdhcp")),
+            )
         }
     }
 }
@@ -98,11 +117,16 @@ fn build_release() -> Result<()> {
     exec(cargo().args(["build", "--release", "-p", "dhcp-user"]))
 }
 
-fn test(filter: Option<&str>) -> Result<()> {
+fn as_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the tests load XDP programs and create network namespaces: run them as root");
+        bail!("{what} loads XDP programs and creates network namespaces: run it as root");
     }
+    Ok(())
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    as_root("the test suite")?;
     // The end-to-end tests run the real daemon binary: build it first (debug, like the tests).
     exec(cargo().args(["build", "-p", "dhcp-user", "--bin", "xdpdhcp"]))?;
     let mut cmd = cargo();

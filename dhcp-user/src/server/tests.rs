@@ -577,3 +577,32 @@ fn leases_loaded_from_the_store_are_respected() {
         T0 + 700
     );
 }
+
+#[test]
+fn a_million_address_pool_allocates_and_recycles() {
+    let text = r#"
+interfaces = ["eth0"]
+server-id = "10.0.0.1"
+[[subnet]]
+subnet = "10.0.0.0/11"
+interface = "eth0"
+pools = [{ start = "10.0.0.10", end = "10.15.66.73" }]
+"#;
+    let mut s = server_with(text);
+    assert_eq!(s.pool_usage()[0].2, 1_000_000);
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..20_000u32 {
+        let b = n.to_be_bytes();
+        let a = offer(
+            &mut s,
+            Msg::new(MessageType::Discover, [2, 9, b[0], b[1], b[2], b[3]]),
+            T0,
+        )
+        .unwrap();
+        assert!(seen.insert(a), "{a} offered twice");
+    }
+    assert_eq!(s.pool_usage()[0].1, 1_000_000 - 20_000);
+    // Offers expire and the addresses come back.
+    s.expire(&[], T0 + 61);
+    assert_eq!(s.pool_usage()[0].1, 1_000_000);
+}
