@@ -8,6 +8,7 @@
 pub mod counters;
 pub mod digest;
 pub mod loadbalance;
+pub mod loadgen;
 pub mod maps;
 pub mod wire;
 

@@ -31,10 +31,7 @@ pub fn unix_now() -> u64 {
 /// Converts a UTC time (seconds) to CLOCK_BOOTTIME nanoseconds, rounding down so that the
 /// kernel never believes a lease lasts longer than the store says. Times before boot map to 0.
 pub fn unix_to_boot_ns(unix_s: u64) -> u64 {
-    let (boot, unix_ns) = now_pair();
-    let target = unix_s as i128 * NS_PER_SEC as i128;
-    let boot_at = boot as i128 + (target - unix_ns as i128);
-    boot_at.clamp(0, u64::MAX as i128) as u64
+    Snapshot::now().unix_to_boot_ns(unix_s)
 }
 
 /// Converts CLOCK_BOOTTIME nanoseconds to UTC seconds, rounding up so that a lease granted in
@@ -44,6 +41,27 @@ pub fn boot_ns_to_unix(boot_ns: u64) -> u64 {
     let unix_at = unix_ns as i128 + (boot_ns as i128 - boot as i128);
     let secs = (unix_at + NS_PER_SEC as i128 - 1).div_euclid(NS_PER_SEC as i128);
     secs.clamp(0, u64::MAX as i128) as u64
+}
+
+/// Both clocks read once, for converting many times at start-up (a million leases).
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot {
+    boot_ns: u64,
+    unix_ns: u128,
+}
+
+impl Snapshot {
+    pub fn now() -> Snapshot {
+        let (boot_ns, unix_ns) = now_pair();
+        Snapshot { boot_ns, unix_ns }
+    }
+
+    /// As `unix_to_boot_ns`, at the moment of the snapshot.
+    pub fn unix_to_boot_ns(&self, unix_s: u64) -> u64 {
+        let target = unix_s as i128 * NS_PER_SEC as i128;
+        let boot_at = self.boot_ns as i128 + (target - self.unix_ns as i128);
+        boot_at.clamp(0, u64::MAX as i128) as u64
+    }
 }
 
 /// Both clocks read back to back.

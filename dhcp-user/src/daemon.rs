@@ -13,7 +13,10 @@ use std::{
     collections::HashMap,
     net::Ipv4Addr,
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -23,8 +26,8 @@ use aya::{
     programs::{XdpMode, xdp::XdpLinkId},
 };
 use dhcp_common::{
-    CONFIG_FLAG_FAST_PATH, FastPathConfig, IfaceEntry, LeaseEntry, LinkKey, RenewalEvent,
-    SUBNET_FLAG_VALID, SubnetEntry,
+    CONFIG_FLAG_FAST_PATH, CONFIG_FLAG_LOAD_BALANCE, FastPathConfig, IfaceEntry, LeaseEntry,
+    LinkKey, RenewalEvent, SUBNET_FLAG_VALID, SubnetEntry,
 };
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -39,9 +42,14 @@ use tracing::{debug, error, info, warn};
 use crate::{
     clock,
     config::{self, Config, XdpModeSetting},
+    failover::{
+        engine::{Engine, LinkId, Output},
+        link::{self, LinkEvent},
+        states::Service,
+    },
     fastpath::{FastPath, LoadOptions},
     net::{self, Interface, PacketSocket},
-    server::{AfterCommit, Arrival, Effects, FastLease, Outgoing, Server},
+    server::{AfterCommit, Arrival, Effects, FailoverView, FastLease, Outgoing, Server},
     store::{self, Batch, Committed, Store},
     wire::{Destination, Request},
 };
@@ -52,13 +60,24 @@ use crate::{
 pub enum ControlRequest {
     Stats,
     Leases,
+    FailoverStatus,
+    FailoverPartnerDown,
 }
 
 enum Event {
     Packet { interface: usize, bytes: Vec<u8> },
     Committed(Committed),
     Control(ControlRequest, oneshot::Sender<Value>),
+    Failover(LinkEvent),
     Shutdown(&'static str),
+}
+
+/// The failover engine and its connections.
+struct FailoverRuntime {
+    engine: Engine,
+    links: HashMap<LinkId, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Tells the connector to dial the partner.
+    wanted: Arc<AtomicBool>,
 }
 
 struct Core {
@@ -74,6 +93,9 @@ struct Core {
     pending: HashMap<u64, AfterCommit>,
     next_batch: u64,
     started: Instant,
+    failover: Option<FailoverRuntime>,
+    /// The fast path's switches as last written.
+    fast_config: Option<FastPathConfig>,
 }
 
 pub async fn serve(config_path: &Path) -> Result<()> {
@@ -89,29 +111,73 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         .or_else(|| interfaces.iter().find_map(|i| i.address))
         .context("no server-id configured and no interface has an IPv4 address")?;
 
-    // 1. The store.
-    let loaded = store::load(&config.lease_store)?;
-    for bad in &loaded.bad_rows {
+    // 1. The XDP program goes through the verifier on another thread while the store loads.
+    let start = Instant::now();
+    let loading = (config.xdp_mode != XdpModeSetting::Off).then(|| {
+        let (config, interfaces) = (config.clone(), interfaces.clone());
+        std::thread::spawn(move || load_fast_path(&config, &interfaces))
+    });
+
+    // 2. The store: SQLite decodes rows on one thread while this one installs them.
+    let expected = store::count(&config.lease_store)?;
+    let (chunks_tx, chunks) = std::sync::mpsc::sync_channel(16);
+    let reading = {
+        let path = config.lease_store.clone();
+        std::thread::spawn(move || {
+            store::load_streaming(&path, 8192, |chunk| {
+                let _ = chunks_tx.send(chunk);
+            })
+        })
+    };
+    let now = clock::unix_now();
+    let mut server = Server::load(
+        config.clone(),
+        default_server_id,
+        expected,
+        chunks.into_iter().flatten(),
+        now,
+    );
+    let (meta, bad_rows) = reading
+        .join()
+        .map_err(|_| anyhow!("reading the lease store panicked"))??;
+    for bad in &bad_rows {
         error!("lease store row skipped: {bad}");
     }
-    let now = clock::unix_now();
-    let mut server = Server::new(config.clone(), default_server_id, loaded.leases, now);
     info!(
         leases = server.leases().count(),
         store = %config.lease_store.display(),
+        ms = start.elapsed().as_millis() as u64,
         "loaded the lease store"
     );
 
-    // 2. The fast path: maps filled before XDP is attached.
-    let (mut fast, ring) = if config.xdp_mode == XdpModeSetting::Off {
-        info!("xdp-mode = off: every request is answered by the daemon");
-        (None, None)
-    } else {
-        let (fast, ring) = load_fast_path(&config, &mut server, &interfaces)?;
-        (Some(fast), Some(ring))
+    // Failover: the stored state, then STARTUP (nothing is answered until the partner has been
+    // heard or the start-up time has passed).
+    let mut engine = config
+        .failover
+        .clone()
+        .map(|f| Engine::new(f, &meta, clock::unix_now()));
+    let started_failover = engine
+        .as_mut()
+        .map(|e| e.start(&mut server, clock::unix_now()));
+
+    // 3. The fast path: maps filled before XDP is attached.
+    let (mut fast, ring) = match loading {
+        None => {
+            info!("xdp-mode = off: every request is answered by the daemon");
+            (None, None)
+        }
+        Some(loading) => {
+            let (mut fast, ring) = loading
+                .join()
+                .map_err(|_| anyhow!("loading the XDP program panicked"))??;
+            publish_leases(&mut fast, &mut server)?;
+            fast.set_config(&fast_config(&config, server.failover()))?;
+            info!(ms = start.elapsed().as_millis() as u64, "fast path ready");
+            (Some(fast), Some(ring))
+        }
     };
 
-    // 3. Sockets, then XDP (so nothing it passes up is lost).
+    // 4. Sockets, then XDP (so nothing it passes up is lost).
     let sockets: Vec<Arc<UdpSocket>> = interfaces
         .iter()
         .map(|i| Ok(Arc::new(UdpSocket::from_std(net::server_socket(&i.name)?)?)))
@@ -134,6 +200,27 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     }
     tokio::spawn(control_server(config.control_socket.clone(), tx.clone()));
     tokio::spawn(signals(tx.clone()));
+    let failover = match (engine, &config.failover) {
+        (Some(engine), Some(fc)) => {
+            let wanted = Arc::new(AtomicBool::new(true));
+            let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(4096);
+            link::spawn(fc, wanted.clone(), link_tx)?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = link_rx.recv().await {
+                    if tx.send(Event::Failover(e)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Some(FailoverRuntime {
+                engine,
+                links: HashMap::new(),
+                wanted,
+            })
+        }
+        _ => None,
+    };
 
     let mut core = Core {
         config: config.clone(),
@@ -148,7 +235,13 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         pending: HashMap::new(),
         next_batch: 1,
         started: Instant::now(),
+        failover,
+        fast_config: None,
     };
+    if let Some(out) = started_failover {
+        core.failover_io(out).await;
+    }
+    core.sync_fast_config();
     info!(
         interfaces = ?config.interfaces,
         server_id = %default_server_id,
@@ -158,10 +251,9 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     core.run(rx).await
 }
 
-/// Loads the XDP program and fills its maps from the configuration and the loaded leases.
+/// Loads the XDP program and fills the maps that come from the configuration alone.
 fn load_fast_path(
     config: &Config,
-    server: &mut Server,
     interfaces: &[Interface],
 ) -> Result<(FastPath, RingBuf<MapData>)> {
     let pin_dir = prepare_bpffs(&config.bpffs_dir);
@@ -226,16 +318,43 @@ fn load_fast_path(
             fast.set_relay_prefix(Ipv4Net::new(*r, 32).expect("/32"), s.link)?;
         }
     }
+    info!(max_leases, "XDP program loaded");
+    Ok((fast, ring))
+}
+
+/// Writes the option sets and every lease the fast path may answer into its maps.
+fn publish_leases(fast: &mut FastPath, server: &mut Server) -> Result<()> {
     for (id, bytes) in server.take_new_option_sets() {
         fast.set_option_set(id, &bytes)?;
     }
-    let mut published = 0;
-    for (address, lease) in server.fast_leases() {
-        fast.upsert_lease(address, &lease_entry(&lease))?;
-        published += 1;
+    let clock = clock::Snapshot::now();
+    let entries: Vec<(Ipv4Addr, LeaseEntry)> = server
+        .fast_leases()
+        .map(|(address, lease)| (address, lease_entry_at(&lease, &clock)))
+        .collect();
+    fast.upsert_leases(&entries)?;
+    info!(leases = entries.len(), "fast path leases written");
+    Ok(())
+}
+
+/// The fast path's switches: on only while the failover state lets us answer clients, load
+/// balancing in the normal state.
+fn fast_config(config: &Config, failover: Option<&FailoverView>) -> FastPathConfig {
+    let responds = failover.is_none_or(|f| f.service.responds());
+    let mut flags = 0;
+    if config.fast_path && responds {
+        flags |= CONFIG_FLAG_FAST_PATH;
     }
-    info!(leases = published, max_leases, "fast path loaded");
-    Ok((fast, ring))
+    let mut c = FastPathConfig::default();
+    if let Some(f) = failover
+        && f.service == Service::Cooperating
+    {
+        flags |= CONFIG_FLAG_LOAD_BALANCE;
+        c.lb_buckets = f.our_buckets;
+        c.lb_max_secs = f.lb_max_secs;
+    }
+    c.flags = flags;
+    c
 }
 
 /// Makes sure `dir` is on a bpffs (mounting one at /sys/fs/bpf if needed); `None` if pinning
@@ -298,10 +417,14 @@ fn attach(fast: &mut FastPath, iface: &str, mode: XdpModeSetting) -> Result<XdpL
 
 /// The map entry for a lease (the one place unix time becomes CLOCK_BOOTTIME for the maps).
 pub fn lease_entry(l: &FastLease) -> LeaseEntry {
+    lease_entry_at(l, &clock::Snapshot::now())
+}
+
+fn lease_entry_at(l: &FastLease, clock: &clock::Snapshot) -> LeaseEntry {
     LeaseEntry {
         client_id_digest: l.client_id_digest,
-        expires_ns: clock::unix_to_boot_ns(l.ends),
-        horizon_ns: clock::unix_to_boot_ns(l.horizon),
+        expires_ns: clock.unix_to_boot_ns(l.ends),
+        horizon_ns: clock.unix_to_boot_ns(l.horizon),
         lease_time_s: l.lease_time,
         renew_s: l.renew,
         rebind_s: l.rebind,
@@ -404,7 +527,8 @@ impl Core {
                 event = rx.recv() => match event {
                     Some(Event::Packet { interface, bytes }) => self.on_packet(interface, &bytes).await,
                     Some(Event::Committed(c)) => self.on_committed(c).await,
-                    Some(Event::Control(request, reply)) => { let _ = reply.send(self.on_control(request)); }
+                    Some(Event::Control(request, reply)) => { let v = self.on_control(request).await; let _ = reply.send(v); }
+                    Some(Event::Failover(e)) => self.on_failover(e).await,
                     Some(Event::Shutdown(why)) => return self.shutdown(why, &mut rx).await,
                     None => return Ok(()),
                 },
@@ -455,6 +579,19 @@ impl Core {
         if let Some(out) = effects.send {
             self.send(&out).await;
         }
+        for address in effects.republish {
+            self.publish(address);
+        }
+        if !effects.failover_updates.is_empty()
+            && let Some(fo) = &mut self.failover
+        {
+            let mut out = fo.engine.updates(
+                &effects.failover_updates,
+                &mut self.server,
+                clock::unix_now(),
+            );
+            self.failover_send(&mut out);
+        }
         if let Some((writes, after)) = effects.commit {
             let id = self.next_batch;
             self.next_batch += 1;
@@ -497,6 +634,95 @@ impl Core {
             }
             if let Some(reply) = after.reply {
                 self.send(&reply).await;
+            }
+            for (xid, address) in after.failover_acks {
+                if let Some(fo) = &mut self.failover {
+                    let mut out = fo.engine.ack_committed(xid, address, clock::unix_now());
+                    self.failover_send(&mut out);
+                }
+            }
+        }
+    }
+
+    /// Rewrites the fast path's entry of `address` (or removes it if it may not answer it).
+    fn publish(&mut self, address: Ipv4Addr) {
+        let Some(fast) = &mut self.fast else { return };
+        let result = match self.server.fast_lease(address) {
+            Some(lease) => fast.upsert_lease(address, &lease_entry(&lease)),
+            None => fast.remove_lease(address),
+        };
+        if let Err(e) = result {
+            self.server.stats.inc("fast_path_map_errors");
+            warn!("{e:#}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Failover.
+
+    async fn on_failover(&mut self, event: LinkEvent) {
+        let now = clock::unix_now();
+        let Some(fo) = &mut self.failover else { return };
+        let out = match event {
+            LinkEvent::Up(id, tx) => {
+                fo.links.insert(id, tx);
+                fo.engine.link_up(id, now)
+            }
+            LinkEvent::Message(id, m) => fo.engine.receive(id, *m, &mut self.server, now),
+            LinkEvent::Down(id, why) => {
+                debug!(link = id, "failover connection closed: {why}");
+                fo.links.remove(&id);
+                fo.engine.link_down(id, &mut self.server, now)
+            }
+        };
+        self.failover_io(out).await;
+    }
+
+    /// Performs an engine output: messages, closes, state writes, then lease effects.
+    async fn failover_io(&mut self, mut out: Output) {
+        self.failover_send(&mut out);
+        let effects = std::mem::take(&mut out.effects);
+        self.apply(effects).await;
+    }
+
+    /// The synchronous part of an engine output (everything but lease effects).
+    fn failover_send(&mut self, out: &mut Output) {
+        let Some(fo) = &mut self.failover else { return };
+        for (id, m) in out.send.drain(..) {
+            if let Some(tx) = fo.links.get(&id) {
+                let _ = tx.send(m.encode());
+            }
+        }
+        for id in out.close.drain(..) {
+            // Dropping the sender ends the connection task.
+            fo.links.remove(&id);
+        }
+        fo.wanted
+            .store(fo.engine.wants_connection(), Ordering::Relaxed);
+        if out.persist {
+            out.persist = false;
+            let writes = fo.engine.meta();
+            let id = self.next_batch;
+            self.next_batch += 1;
+            self.pending.insert(id, AfterCommit::default());
+            if let Err(e) = self.store.submit(Batch { id, writes }) {
+                error!("{e:#}");
+                self.pending.remove(&id);
+            }
+        }
+        self.sync_fast_config();
+    }
+
+    /// Writes the fast path's switches when the failover state changes what it may do.
+    fn sync_fast_config(&mut self) {
+        let wanted = fast_config(&self.config, self.server.failover());
+        if self.fast_config == Some(wanted) {
+            return;
+        }
+        if let Some(fast) = &mut self.fast {
+            match fast.set_config(&wanted) {
+                Ok(()) => self.fast_config = Some(wanted),
+                Err(e) => error!("{e:#}"),
             }
         }
     }
@@ -557,6 +783,10 @@ impl Core {
     async fn on_tick(&mut self) {
         self.drain_renewals().await;
         let now = clock::unix_now();
+        if let Some(fo) = &mut self.failover {
+            let out = fo.engine.tick(&mut self.server, now);
+            self.failover_io(out).await;
+        }
         let mut candidates = self.server.expiry_candidates(now);
         if let Some(fast) = &self.fast {
             // A renewal the fast path granted after our last drain keeps the lease alive: its
@@ -568,8 +798,25 @@ impl Core {
         self.apply(effects).await;
     }
 
-    fn on_control(&mut self, request: ControlRequest) -> Value {
+    async fn on_control(&mut self, request: ControlRequest) -> Value {
+        let now = clock::unix_now();
         match request {
+            ControlRequest::FailoverStatus => match &self.failover {
+                Some(fo) => fo.engine.status(&self.server, now),
+                None => json!({ "error": "failover is not configured" }),
+            },
+            ControlRequest::FailoverPartnerDown => {
+                let Some(fo) = &mut self.failover else {
+                    return json!({ "error": "failover is not configured" });
+                };
+                match fo.engine.partner_down(&mut self.server, now) {
+                    Ok(out) => {
+                        self.failover_io(out).await;
+                        json!({ "ok": "entered partner-down" })
+                    }
+                    Err(e) => json!({ "error": e }),
+                }
+            }
             ControlRequest::Stats => {
                 let fast = self.fast.as_ref().and_then(|f| f.counters().ok()).map(|c| {
                     c.iter()

@@ -5,6 +5,7 @@
 
 use std::{
     net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
@@ -229,6 +230,31 @@ impl FastPath {
             .with_context(|| format!("writing lease {address}"))
     }
 
+    /// Writes many leases with BPF_MAP_UPDATE_BATCH (one syscall per chunk instead of one per
+    /// lease: a million leases load in well under a second). Falls back to single updates on
+    /// kernels without batch support for hash maps.
+    pub fn upsert_leases(&mut self, leases: &[(Ipv4Addr, LeaseEntry)]) -> Result<()> {
+        const CHUNK: usize = 16 * 1024;
+        let fd = self.leases.map().fd().as_fd().as_raw_fd();
+        for chunk in leases.chunks(CHUNK) {
+            let keys: Vec<u32> = chunk.iter().map(|(a, _)| u32::from(*a)).collect();
+            let values: Vec<LeaseEntry> = chunk.iter().map(|(_, e)| *e).collect();
+            match update_batch(fd, &keys, &values) {
+                Ok(()) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(524) =>
+                {
+                    // EINVAL / ENOTSUPP: no batch operations here.
+                    for (address, entry) in chunk {
+                        self.upsert_lease(*address, entry)?;
+                    }
+                }
+                Err(e) => return Err(e).context("writing leases (BPF_MAP_UPDATE_BATCH)"),
+            }
+        }
+        Ok(())
+    }
+
     pub fn get_lease(&self, address: Ipv4Addr) -> Option<LeaseEntry> {
         self.leases.get(&u32::from(address), 0).ok()
     }
@@ -238,6 +264,11 @@ impl FastPath {
         match self.leases.remove(&u32::from(address)) {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e).with_context(|| format!("removing lease {address}")),
         }
     }
@@ -252,6 +283,58 @@ impl FastPath {
     pub fn counters(&self) -> Result<CounterSnapshot> {
         read_counters(&self.counters)
     }
+}
+
+/// BPF_MAP_UPDATE_BATCH on a map with u32 keys: all of `keys`/`values` or an error.
+fn update_batch(map_fd: RawFd, keys: &[u32], values: &[LeaseEntry]) -> std::io::Result<()> {
+    /// The `batch` member of `union bpf_attr` (linux/bpf.h).
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    debug_assert_eq!(keys.len(), values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: map_fd as u32,
+            elem_flags: 0, // BPF_ANY
+            flags: 0,
+        };
+        // SAFETY: attr points at a valid bpf_attr prefix (the kernel zero-extends it); keys and
+        // values are live arrays of `count` elements of the map's key and value sizes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // The kernel reports in `count` how many it wrote before the error: go on from there.
+        let e = std::io::Error::last_os_error();
+        let written = attr.count as usize;
+        if written == 0 && e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        done += written;
+    }
+    Ok(())
 }
 
 impl Drop for FastPath {

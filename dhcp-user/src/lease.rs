@@ -87,6 +87,8 @@ pub enum LeaseState {
     Free,
     /// Failover: free, reserved for the secondary (RFC draft "backup").
     Backup,
+    /// Failover: reset by an operator on the partner; behaves like released.
+    Reset,
 }
 
 impl LeaseState {
@@ -98,7 +100,44 @@ impl LeaseState {
             LeaseState::Declined => "declined",
             LeaseState::Free => "free",
             LeaseState::Backup => "backup",
+            LeaseState::Reset => "reset",
         }
+    }
+
+    /// The binding status on the failover wire (a declined address is "abandoned").
+    pub fn to_wire(self) -> u8 {
+        use crate::failover::wire::binding;
+        match self {
+            LeaseState::Active => binding::ACTIVE,
+            LeaseState::Released => binding::RELEASED,
+            LeaseState::Expired => binding::EXPIRED,
+            LeaseState::Declined => binding::ABANDONED,
+            LeaseState::Free => binding::FREE,
+            LeaseState::Backup => binding::BACKUP,
+            LeaseState::Reset => binding::RESET,
+        }
+    }
+
+    pub fn from_wire(status: u8) -> Option<Self> {
+        use crate::failover::wire::binding;
+        Some(match status {
+            binding::ACTIVE => LeaseState::Active,
+            binding::RELEASED => LeaseState::Released,
+            binding::EXPIRED => LeaseState::Expired,
+            binding::ABANDONED => LeaseState::Declined,
+            binding::FREE => LeaseState::Free,
+            binding::BACKUP => LeaseState::Backup,
+            binding::RESET => LeaseState::Reset,
+            _ => return None,
+        })
+    }
+
+    /// Ended but not yet free again (the partner must acknowledge first).
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Expired | LeaseState::Released | LeaseState::Reset
+        )
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -109,6 +148,7 @@ impl LeaseState {
             "declined" => LeaseState::Declined,
             "free" => LeaseState::Free,
             "backup" => LeaseState::Backup,
+            "reset" => LeaseState::Reset,
             _ => return None,
         })
     }

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod failover;
 pub mod fastpath;
 pub mod lease;
 pub mod net;

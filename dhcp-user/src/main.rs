@@ -49,6 +49,19 @@ enum Command {
     Stats(Target),
     /// Leases held by a running server.
     Leases(Target),
+    /// Failover with the partner server: state, or the operator's partner-down.
+    #[command(subcommand)]
+    Failover(FailoverCommand),
+}
+
+#[derive(Subcommand)]
+enum FailoverCommand {
+    /// Both servers' states, the connection, unacknowledged updates and the pool split.
+    Status(Target),
+    /// Declare the partner down (it is, and will stay down until it recovers from us): this
+    /// server then answers every client, and after MCLT also hands out the partner's
+    /// addresses. Only from communications-interrupted, never while the partner is connected.
+    PartnerDown(Target),
 }
 
 #[derive(Args)]
@@ -87,6 +100,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Stats(t) => stats(&t),
         Command::Leases(t) => leases(&t),
+        Command::Failover(FailoverCommand::Status(t)) => failover_status(&t),
+        Command::Failover(FailoverCommand::PartnerDown(t)) => partner_down(&t),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +208,85 @@ fn stats(t: &Target) -> Result<()> {
     if let Some(n) = v.get("leases") {
         println!("active leases: {n}");
     }
+    Ok(())
+}
+
+fn failover_status(t: &Target) -> Result<()> {
+    let (socket, _) = endpoints(t)?;
+    let v = ask(&socket, "failover-status")?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let since = |k: &str| {
+        let at = v[k].as_u64().unwrap_or(0);
+        let ago = dhcp_user::clock::unix_now().saturating_sub(at);
+        if at == 0 {
+            "".to_string()
+        } else {
+            format!(" (for {ago} s)")
+        }
+    };
+    println!(
+        "relationship {} — this server is {}",
+        v["name"].as_str().unwrap_or(""),
+        v["role"].as_str().unwrap_or("")
+    );
+    println!(
+        "  my state:      {}{}{}",
+        v["my_state"].as_str().unwrap_or(""),
+        since("my_state_since"),
+        if v["starting_up"].as_bool() == Some(true) {
+            ", starting up"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  partner state: {}{}",
+        v["partner_state"].as_str().unwrap_or(""),
+        since("partner_state_since")
+    );
+    println!("  service:       {}", v["service"].as_str().unwrap_or(""));
+    match v["partner"].as_object() {
+        Some(p) => println!(
+            "  connection:    up to {} (last heard {} s ago)",
+            p["vendor"].as_str().unwrap_or("?"),
+            p["last_heard_s_ago"]
+        ),
+        None => println!("  connection:    down"),
+    }
+    println!("  mclt:          {} s", v["mclt"]);
+    println!(
+        "  updates:       {} unacknowledged, {} queued",
+        v["unacked_updates"], v["queued_updates"]
+    );
+    println!(
+        "  pool split:    {} free for the primary, {} for the secondary",
+        v["pool"]["free_for_primary"], v["pool"]["free_for_secondary"]
+    );
+    println!(
+        "  load balance:  {} of 256 buckets ours{}",
+        v["load_balance"]["our_buckets"],
+        if v["load_balance"]["active"].as_bool() == Some(true) {
+            " (active)"
+        } else {
+            " (inactive outside normal)"
+        }
+    );
+    if let Some(c) = v["counters"].as_object() {
+        println!("  counters:");
+        for (k, n) in c {
+            println!("    {k:<28} {n:>12}");
+        }
+    }
+    Ok(())
+}
+
+fn partner_down(t: &Target) -> Result<()> {
+    let (socket, _) = endpoints(t)?;
+    let v = ask(&socket, "failover-partner-down")?;
+    println!("{}", v["ok"].as_str().unwrap_or("done"));
     Ok(())
 }
 

@@ -123,12 +123,38 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded> {
+    let mut leases = vec![];
+    let (meta, bad_rows) = load_streaming(path, 4096, |chunk| leases.extend(chunk))?;
+    Ok(Loaded {
+        leases,
+        meta,
+        bad_rows,
+    })
+}
+
+/// How many lease rows the store holds (a capacity hint for start-up).
+pub fn count(path: &Path) -> Result<usize> {
+    let conn = open(path)?;
+    let n: i64 = conn.query_row("SELECT count(*) FROM leases", [], |r| r.get(0))?;
+    Ok(n.max(0) as usize)
+}
+
+/// Meta rows and rows that could not be read, from `load_streaming`.
+pub type LoadRest = (Vec<(String, String)>, Vec<String>);
+
+/// Reads every lease, handing them to `sink` in chunks of `chunk` (so that start-up can
+/// install leases on one core while SQLite decodes on another).
+pub fn load_streaming(
+    path: &Path,
+    chunk: usize,
+    mut sink: impl FnMut(Vec<Lease>),
+) -> Result<LoadRest> {
     let conn = open(path)?;
     let mut stmt = conn.prepare(
         "SELECT address, state, hwaddr, htype, client_id, hostname, starts, ends, held_until, lease_time,
                 fo_tstp, fo_tsfp, fo_cltt, fo_pending FROM leases",
     )?;
-    let mut leases = vec![];
+    let mut leases = Vec::with_capacity(chunk);
     let mut bad_rows = vec![];
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -203,17 +229,19 @@ pub fn load(path: &Path) -> Result<Loaded> {
             Ok(lease) => leases.push(lease),
             Err(e) => bad_rows.push(e),
         }
+        if leases.len() >= chunk {
+            sink(std::mem::replace(&mut leases, Vec::with_capacity(chunk)));
+        }
+    }
+    if !leases.is_empty() {
+        sink(leases);
     }
     drop(stmt);
     let mut stmt = conn.prepare("SELECT key, value FROM meta")?;
     let meta = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Loaded {
-        leases,
-        meta,
-        bad_rows,
-    })
+    Ok((meta, bad_rows))
 }
 
 impl Store {

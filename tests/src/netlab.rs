@@ -48,14 +48,16 @@ fn ip(args: &[&str]) -> Result<String> {
     sh(Command::new("ip").args(args))
 }
 
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique to this process for each lab (namespace and directory names).
+pub fn next_lab_number() -> u32 {
+    NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Unique, short (interface names are at most 15 bytes) prefix for one lab.
 fn unique_id() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{:x}{}",
-        std::process::id() % 0xfff,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{:x}{}", std::process::id() % 0xfff, next_lab_number())
 }
 
 pub struct Netns {
@@ -114,6 +116,23 @@ impl Netns {
         }
     }
 
+    /// Moves the calling thread into the namespace until the guard drops (for code that must
+    /// call into the kernel from inside it: attaching XDP, BPF_PROG_TEST_RUN on its devices).
+    pub fn enter_here(&self) -> Result<NsGuard> {
+        let home = fs::File::open("/proc/thread-self/ns/net")
+            .context("opening the current network namespace")?;
+        let target = fs::File::open(format!("/var/run/netns/{}", self.name))?;
+        // SAFETY: valid namespace fds; affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns into {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(NsGuard { home })
+    }
+
     /// Runs `f` in a thread that has entered the namespace: sockets it creates live there.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let path = format!("/var/run/netns/{}", self.name);
@@ -127,6 +146,18 @@ impl Netns {
         })
         .join()
         .map_err(|_| anyhow!("thread in namespace panicked"))?
+    }
+}
+
+/// Returns the thread to its original network namespace when dropped.
+pub struct NsGuard {
+    home: fs::File,
+}
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        // SAFETY: the fd of the namespace this thread came from.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
 
@@ -332,7 +363,11 @@ impl Daemon {
             .arg(daemon_binary())
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            // XDPDHCP_DAEMON_LOG=debug for a closer look at a failing test.
+            .env(
+                "RUST_LOG",
+                std::env::var("XDPDHCP_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(out.try_clone()?)
             .stderr(out)
             .stdin(Stdio::null())

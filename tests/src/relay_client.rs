@@ -72,7 +72,12 @@ impl RelayClient {
     pub fn recv(&self, xid: u32, timeout: Duration) -> Option<Answer> {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = self.socket.set_read_timeout(Some(left));
             let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
                 continue;
             };
@@ -98,15 +103,24 @@ impl RelayClient {
                 at: std::time::SystemTime::now(),
             });
         }
-        None
     }
 
     /// Sends and waits for the answer, retrying like a client would.
-    pub fn exchange(&mut self, mut bootp: Bootp) -> Option<Answer> {
+    pub fn exchange(&mut self, bootp: Bootp) -> Option<Answer> {
+        self.exchange_with(bootp, 4, Duration::from_millis(500))
+    }
+
+    /// Sends `bootp` up to `tries` times, waiting `timeout` for the answer each time.
+    pub fn exchange_with(
+        &mut self,
+        mut bootp: Bootp,
+        tries: u32,
+        timeout: Duration,
+    ) -> Option<Answer> {
         bootp.xid = self.xid();
-        for _ in 0..4 {
+        for _ in 0..tries {
             self.send(&bootp).ok()?;
-            if let Some(a) = self.recv(bootp.xid, Duration::from_millis(500)) {
+            if let Some(a) = self.recv(bootp.xid, timeout) {
                 return Some(a);
             }
         }

@@ -16,6 +16,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use self::options::OptionType;
+use crate::failover::{
+    self,
+    config::{FailoverConfig, Role},
+};
 
 pub const DEFAULT_LEASE_TIME: u32 = 3600;
 pub const DEFAULT_MIN_LEASE_TIME: u32 = 300;
@@ -99,7 +103,7 @@ struct RawConfig {
     subnet: Vec<Spanned<RawSubnet>>,
     #[serde(default)]
     reservation: Vec<Spanned<RawReservation>>,
-    failover: Option<Spanned<toml::Table>>,
+    failover: Option<Spanned<RawFailover>>,
 }
 
 /// `[options]` tables: option name → value, each with its position.
@@ -133,6 +137,24 @@ struct RawSubnet {
     custom_option: Vec<Spanned<RawCustomOption>>,
     #[serde(default)]
     always_send: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawFailover {
+    name: Option<Spanned<String>>,
+    role: Spanned<String>,
+    address: Spanned<String>,
+    port: Option<Spanned<u16>>,
+    peer_address: Spanned<String>,
+    peer_port: Option<Spanned<u16>>,
+    mclt: Option<Spanned<u32>>,
+    max_response_delay: Option<Spanned<u32>>,
+    max_unacked_updates: Option<Spanned<u32>>,
+    split: Option<Spanned<u32>>,
+    hba: Option<Spanned<String>>,
+    load_balance_max_seconds: Option<Spanned<u16>>,
+    auto_partner_down: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -300,8 +322,8 @@ pub struct Config {
     pub decline_probation: u32,
     pub subnets: Vec<Subnet>,
     pub reservations: Vec<Reservation>,
-    /// Raw `[failover]` table, validated by the failover module.
-    pub failover: Option<toml::Table>,
+    /// `[failover]`: this server has a partner.
+    pub failover: Option<FailoverConfig>,
 }
 
 impl Config {
@@ -724,8 +746,116 @@ impl Validator<'_> {
             decline_probation: percent(&raw.decline_probation, 86400),
             subnets,
             reservations,
-            failover: raw.failover.map(|f| f.into_inner()),
+            failover: raw.failover.as_ref().and_then(|f| self.failover(f)),
         }
+    }
+
+    fn failover(&mut self, raw: &Spanned<RawFailover>) -> Option<FailoverConfig> {
+        let span = raw.span();
+        let f = raw.get_ref();
+        let role = match f.role.get_ref().as_str() {
+            "primary" => Role::Primary,
+            "secondary" => Role::Secondary,
+            other => {
+                self.error(
+                    f.role.span(),
+                    format!("failover role `{other}`: expected primary or secondary"),
+                );
+                return None;
+            }
+        };
+        let address = self.ip(&f.address);
+        let peer_address = self.ip(&f.peer_address);
+        let name = f
+            .name
+            .as_ref()
+            .map_or("dhcp-failover".to_string(), |n| n.get_ref().clone());
+        if name.is_empty() || name.len() > 255 {
+            let at = f.name.as_ref().map_or(span.clone(), |n| n.span());
+            self.error(at, "failover name must be 1 to 255 characters");
+        }
+        let get = |v: &Option<Spanned<u32>>, d: u32| v.as_ref().map_or(d, |v| *v.get_ref());
+        let mclt = get(&f.mclt, failover::DEFAULT_MCLT);
+        if mclt == 0 {
+            let at = f.mclt.as_ref().map_or(span.clone(), |v| v.span());
+            self.error(at, "mclt must be at least 1 second");
+        }
+        let max_response_delay = get(&f.max_response_delay, failover::DEFAULT_MAX_RESPONSE_DELAY);
+        if max_response_delay < 3 {
+            let at = f
+                .max_response_delay
+                .as_ref()
+                .map_or(span.clone(), |v| v.span());
+            self.error(
+                at,
+                "max-response-delay must be at least 3 seconds (keepalives go every third of it)",
+            );
+        }
+        let max_unacked_updates = get(&f.max_unacked_updates, failover::DEFAULT_MAX_UNACKED);
+        if max_unacked_updates == 0 {
+            let at = f
+                .max_unacked_updates
+                .as_ref()
+                .map_or(span.clone(), |v| v.span());
+            self.error(at, "max-unacked-updates must be at least 1");
+        }
+        let mut hba = failover::split_hba(failover::DEFAULT_SPLIT);
+        if role == Role::Secondary {
+            for (v, what) in [
+                (f.split.as_ref().map(|v| v.span()), "split"),
+                (f.hba.as_ref().map(|v| v.span()), "hba"),
+            ] {
+                if let Some(at) = v {
+                    self.error(at, format!("{what}: the secondary takes its load balancing from the primary; set it on the primary only"));
+                }
+            }
+        }
+        match (&f.split, &f.hba) {
+            (Some(s), Some(_)) => self.error(s.span(), "give either split or hba, not both"),
+            (Some(s), None) => {
+                if *s.get_ref() > 256 {
+                    self.error(s.span(), "split is a bucket count, 0 to 256");
+                }
+                hba = failover::split_hba(*s.get_ref());
+            }
+            (None, Some(h)) => match crate::config::options::parse_hex(h.get_ref()) {
+                Ok(bytes) if bytes.len() == 32 => hba.copy_from_slice(&bytes),
+                _ => self.error(
+                    h.span(),
+                    "hba must be 32 bytes of hex (64 digits, colons allowed)",
+                ),
+            },
+            (None, None) => {}
+        }
+        if address.is_some() && address == peer_address {
+            self.error(
+                f.peer_address.span(),
+                "peer-address is this server's own address",
+            );
+        }
+        Some(FailoverConfig {
+            name,
+            role,
+            address: address?,
+            port: f
+                .port
+                .as_ref()
+                .map_or(failover::DEFAULT_PORT, |p| *p.get_ref()),
+            peer_address: peer_address?,
+            peer_port: f
+                .peer_port
+                .as_ref()
+                .map_or(failover::DEFAULT_PORT, |p| *p.get_ref()),
+            mclt,
+            max_response_delay,
+            max_unacked_updates,
+            hba,
+            load_balance_max_seconds: f
+                .load_balance_max_seconds
+                .as_ref()
+                .map_or(failover::DEFAULT_LOAD_BALANCE_MAX_SECONDS, |v| *v.get_ref()),
+            auto_partner_down: get(&f.auto_partner_down, 0),
+        })
     }
 
     fn lease_times(

@@ -39,6 +39,16 @@ impl FreeSet {
         }
     }
 
+    /// A set of `len` slots, none free.
+    pub fn empty(len: usize) -> Self {
+        let mut s = FreeSet::full(len);
+        for level in &mut s.levels {
+            level.iter_mut().for_each(|w| *w = 0);
+        }
+        s.free = 0;
+        s
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -164,6 +174,15 @@ mod tests {
             assert_eq!(s.next_free(from), want);
         }
         assert_eq!(s.free(), model.iter().filter(|b| **b).count());
+    }
+
+    #[test]
+    fn an_empty_set_fills() {
+        let mut s = FreeSet::empty(100_000);
+        assert_eq!(s.next_free(0), None);
+        assert!(s.put(70_000));
+        assert_eq!(s.next_free(0), Some(70_000));
+        assert_eq!(s.free(), 1);
     }
 
     #[test]

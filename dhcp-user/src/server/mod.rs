@@ -8,19 +8,25 @@
 //! (`Effects::remove_from_fast_path`, done before anything else), then the address may be
 //! given to someone else. An address is never reused before `held_until`.
 
+mod failover;
 mod freeset;
 mod pools;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     sync::Arc,
 };
+
+/// A hash map with a fast, per-process randomly seeded hasher: a million leases load in a
+/// fraction of the time SipHash takes, and clients still cannot choose colliding keys.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use dhcp_common::{digest, wire::opt};
 use dhcproto::v4::MessageType;
 use tracing::{debug, info, warn};
 
+pub use self::failover::{BindingUpdate, FailoverView, Rejected};
 use self::pools::Pools;
 use crate::{
     config::{ClientMatch, Config, Reservation, Subnet},
@@ -56,6 +62,8 @@ pub struct AfterCommit {
     pub reply: Option<Outgoing>,
     /// Leases to (re)publish in the fast path, with the version that was written.
     pub publish: Vec<(Ipv4Addr, u64)>,
+    /// Failover: binding updates of the partner to acknowledge (xid, address).
+    pub failover_acks: Vec<(u32, Ipv4Addr)>,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +74,10 @@ pub struct Effects {
     pub send: Option<Outgoing>,
     /// Make durable, then perform `AfterCommit`.
     pub commit: Option<(Vec<Write>, AfterCommit)>,
+    /// Failover: leases whose new state the partner must be told (BNDUPD).
+    pub failover_updates: Vec<Ipv4Addr>,
+    /// Fast-path entries to rewrite now (their horizon rose; nothing to make durable).
+    pub republish: Vec<Ipv4Addr>,
 }
 
 impl Effects {
@@ -82,10 +94,13 @@ impl Effects {
         if other.send.is_some() {
             self.send = other.send;
         }
+        self.failover_updates.extend(other.failover_updates);
+        self.republish.extend(other.republish);
         match (&mut self.commit, other.commit) {
             (Some((w, a)), Some((w2, a2))) => {
                 w.extend(w2);
                 a.publish.extend(a2.publish);
+                a.failover_acks.extend(a2.failover_acks);
                 if a2.reply.is_some() {
                     a.reply = a2.reply;
                 }
@@ -196,6 +211,10 @@ pub struct Server {
     timers: BTreeSet<(u64, Ipv4Addr)>,
     option_sets: OptionSets,
     next_version: u64,
+    /// Failover state as the allocator needs it; `None` without a partner.
+    failover: Option<FailoverView>,
+    /// PARTNER-DOWN: when the partner's addresses become ours (re-evaluate then).
+    ownership_recheck: Option<u64>,
     pub stats: Stats,
 }
 
@@ -205,6 +224,19 @@ impl Server {
         config: Arc<Config>,
         default_server_id: Ipv4Addr,
         leases: Vec<Lease>,
+        now: u64,
+    ) -> Server {
+        let n = leases.len();
+        Server::load(config, default_server_id, n, leases, now)
+    }
+
+    /// As `new`, taking the leases as they stream from the store (`expected`: how many, to
+    /// size the tables once).
+    pub fn load(
+        config: Arc<Config>,
+        default_server_id: Ipv4Addr,
+        expected: usize,
+        leases: impl IntoIterator<Item = Lease>,
         now: u64,
     ) -> Server {
         let pools = Pools::new(&config);
@@ -223,25 +255,30 @@ impl Server {
         let mut server = Server {
             config,
             default_server_id,
-            bindings: HashMap::with_capacity(leases.len()),
-            by_client: HashMap::with_capacity(leases.len()),
+            bindings: HashMap::with_capacity_and_hasher(expected, Default::default()),
+            by_client: HashMap::with_capacity_and_hasher(expected, Default::default()),
             pools,
-            offers: HashMap::new(),
-            offered: HashMap::new(),
+            offers: HashMap::default(),
+            offered: HashMap::default(),
             reservation_by_client,
             reservation_by_address,
             timers: BTreeSet::new(),
             option_sets: OptionSets {
-                ids: HashMap::new(),
+                ids: HashMap::default(),
                 unpublished: vec![],
             },
             next_version: 1,
+            failover: None,
+            ownership_recheck: None,
             stats: Stats::default(),
         };
         // Reserved addresses are never handed out dynamically.
         for r in &server.config.reservations {
             server.pools.set_free(r.address, false);
         }
+        // Most leases share their subnet's option set: encode it once per subnet.
+        let mut subnet_sets: HashMap<u16, u16> = HashMap::default();
+        let mut timers = Vec::with_capacity(2 * expected);
         for mut lease in leases {
             let Some(subnet) = server.config.subnet_of(lease.address) else {
                 // Kept (held) but never handed out again: the subnet is gone from the config.
@@ -249,9 +286,26 @@ impl Server {
                 continue;
             };
             lease.subnet = subnet.id;
-            let option_set = server.option_set_for(subnet.id, &lease, None);
-            server.install(lease, option_set, now);
+            let option_set = if server.reservation_of(&lease).is_none()
+                && lease.hw.and_then(|h| h.ethernet()).is_some()
+            {
+                let id = subnet.id;
+                match subnet_sets.get(&id) {
+                    Some(set) => *set,
+                    None => {
+                        let set = server.option_set_for(id, &lease, None);
+                        subnet_sets.insert(id, set);
+                        set
+                    }
+                }
+            } else {
+                server.option_set_for(subnet.id, &lease, None)
+            };
+            timers.extend(server.insert_binding(lease, option_set, now));
         }
+        // A sorted bulk build, much faster than a million single inserts.
+        timers.sort_unstable();
+        server.timers = timers.into_iter().collect();
         server
     }
 
@@ -264,14 +318,17 @@ impl Server {
         &self.config
     }
 
-    fn install(&mut self, lease: Lease, option_set: u16, now: u64) {
+    /// Records a binding; returns the timers it needs (the caller inserts them).
+    fn insert_binding(&mut self, lease: Lease, option_set: u16, now: u64) -> [(u64, Ipv4Addr); 2] {
         let address = lease.address;
         if let Some(client) = &lease.client {
             self.by_client.insert(client.clone(), address);
         }
         let held = lease.held_until;
-        self.timers.insert((lease.ends.min(held).max(now), address));
-        self.timers.insert((held, address));
+        let timers = [(lease.ends.min(held).max(now), address), (held, address)];
+        if lease.state == LeaseState::Backup {
+            self.pools.set_backup(address, true);
+        }
         let version = self.bump();
         self.bindings.insert(
             address,
@@ -283,6 +340,7 @@ impl Server {
             },
         );
         self.refresh(address, now);
+        timers
     }
 
     fn bump(&mut self) -> u64 {
@@ -294,10 +352,7 @@ impl Server {
     fn refresh(&mut self, address: Ipv4Addr, now: u64) {
         let free = !self.reservation_by_address.contains_key(&address)
             && !self.offered.contains_key(&address)
-            && self
-                .bindings
-                .get(&address)
-                .is_none_or(|b| !occupies(&b.lease, now));
+            && self.may_allocate(self.bindings.get(&address).map(|b| &b.lease), now);
         self.pools.set_free(address, free);
     }
 
@@ -381,13 +436,16 @@ impl Server {
         {
             return false;
         }
-        match self.bindings.get(&address) {
-            Some(b) if b.lease.belongs_to(client) => b.lease.state != LeaseState::Declined,
-            Some(b) if occupies(&b.lease, now) => false,
-            _ => {
-                reservation.is_some_and(|r| r.address == address)
-                    || self.pools.subnet_of(address).is_some()
+        let lease = self.bindings.get(&address).map(|b| &b.lease);
+        match lease {
+            Some(l) if l.belongs_to(client) && l.state == LeaseState::Active => true,
+            Some(l) if l.belongs_to(client) && self.failover.is_none() => {
+                l.state != LeaseState::Declined
             }
+            _ if reservation.is_some_and(|r| r.address == address) => {
+                lease.is_none_or(|l| !occupies(l, now))
+            }
+            _ => self.pools.subnet_of(address).is_some() && self.may_allocate(lease, now),
         }
     }
 
@@ -404,6 +462,18 @@ impl Server {
             MessageType::Inform => "rx_inform",
             _ => "rx_other",
         });
+        if let Some(fo) = &self.failover {
+            if let crate::failover::states::Service::NotResponding(why) = fo.service {
+                self.stats.inc("drop_failover_not_responding");
+                debug!(client = %req.client, "failover: not responding ({why})");
+                return Effects::default();
+            }
+            if self.belongs_to_partner(req) {
+                self.stats.inc("drop_partner_bucket");
+                debug!(client = %req.client, "load balance to peer");
+                return Effects::default();
+            }
+        }
         let Some(link) = self.link_of(req, arrival) else {
             self.stats.inc("drop_no_subnet");
             debug!(client = %req.client, giaddr = %req.giaddr(), interface = %arrival.interface, "no subnet serves this request");
@@ -583,6 +653,17 @@ impl Server {
             _ => known && self.available_for(address, &req.client, reservation.as_ref(), now),
         };
         if !acceptable {
+            let unbound = self
+                .bindings
+                .get(&address)
+                .is_none_or(|b| matches!(b.lease.state, LeaseState::Free | LeaseState::Backup));
+            if self.failover.is_some() && self.in_pool(address) && unbound {
+                // The partner may have just bound it (its update still on the way): a NAK
+                // here could take the address from a client that holds it.
+                self.stats.inc("drop_lease_owned_by_peer");
+                debug!(client = %req.client, %address, "failover: lease owned by peer");
+                return Effects::default();
+            }
             if !self.config.authoritative && !known && state != ClientState::Selecting {
                 self.stats.inc("drop_unknown_lease_not_authoritative");
                 return Effects::default();
@@ -615,6 +696,13 @@ impl Server {
     ) -> Effects {
         let s = self.subnet(subnet);
         let lease_time = s.lease.grant(req.requested_lease_time());
+        // Failover: at most MCLT beyond what the partner knows (the rest after its ack).
+        let known_tsfp = self
+            .bindings
+            .get(&address)
+            .filter(|b| b.lease.belongs_to(&req.client))
+            .map_or(0, |b| b.lease.failover.tsfp);
+        let (granted, tstp) = self.mclt_grant(lease_time, known_tsfp, now);
         let headroom =
             u64::from(lease_time) * u64::from(self.config.fast_path_headroom_percent) / 100;
         let mut effects = Effects::default();
@@ -629,7 +717,16 @@ impl Server {
         }
         let old = self.bindings.get(&address).map(|b| b.lease.clone());
         let same_client = old.as_ref().is_some_and(|l| l.belongs_to(&req.client));
-        let ends = now + u64::from(lease_time);
+        let ends = now + u64::from(granted);
+        let mut failover = old.as_ref().map(|l| l.failover).unwrap_or_default();
+        if self.failover.is_some() && self.in_pool(address) {
+            failover.tstp = tstp;
+            failover.cltt = now;
+            failover.pending = true;
+            if !same_client {
+                failover.tsfp = 0;
+            }
+        }
         let lease = Lease {
             address,
             subnet,
@@ -652,7 +749,7 @@ impl Server {
             ends: ends.max(old.as_ref().filter(|_| same_client).map_or(0, |l| l.ends)),
             held_until: (ends + headroom).max(old.as_ref().map_or(0, |l| l.held_until)),
             lease_time,
-            failover: old.as_ref().map(|l| l.failover).unwrap_or_default(),
+            failover,
         };
         let options = self.options_for(subnet, reservation, req.parameter_request_list());
         let option_set = self.register_option_set(&lease, &options);
@@ -684,7 +781,7 @@ impl Server {
         let answer = Answer {
             msg_type: MessageType::Ack,
             yiaddr: address,
-            lease_time: Some(lease_time),
+            lease_time: Some(granted),
         };
         let reply = self.reply(req, arrival, subnet, answer, &options);
         let cidr = self.subnet(subnet).net.to_string();
@@ -693,12 +790,14 @@ impl Server {
             AfterCommit {
                 reply: Some(reply),
                 publish: vec![(address, version)],
+                ..Default::default()
             },
         );
         effects.merge(Effects {
             commit: Some(commit),
             ..Default::default()
         });
+        self.note_for_partner(address, &mut effects);
         effects
     }
 
@@ -817,8 +916,13 @@ impl Server {
     }
 
     /// Stores a lease that no longer answers renewals; the fast path entry goes first.
-    fn replace(&mut self, lease: Lease, now: u64) -> Effects {
+    fn replace(&mut self, mut lease: Lease, now: u64) -> Effects {
         let address = lease.address;
+        let for_partner = self.failover.is_some() && self.in_pool(address);
+        if for_partner {
+            lease.failover.tstp = now;
+            lease.failover.pending = true;
+        }
         let version = self.bump();
         let durable = self
             .bindings
@@ -843,6 +947,7 @@ impl Server {
         Effects {
             remove_from_fast_path: vec![address],
             commit: Some((vec![Write::Lease(lease, cidr)], AfterCommit::default())),
+            failover_updates: if for_partner { vec![address] } else { vec![] },
             ..Default::default()
         }
     }
@@ -892,6 +997,22 @@ impl Server {
         }
     }
 
+    /// The reservation made for a lease's client, if any.
+    fn reservation_of(&self, lease: &Lease) -> Option<&Reservation> {
+        if self.reservation_by_client.is_empty() {
+            return None;
+        }
+        let m = match lease.client.as_ref()? {
+            ClientKey::Id(id) => ClientMatch::ClientId(id.to_vec()),
+            ClientKey::Hw { addr, .. } => {
+                ClientMatch::HwAddress(<[u8; 6]>::try_from(&addr[..]).ok()?)
+            }
+        };
+        self.reservation_by_client
+            .get(&m)
+            .map(|i| &self.config.reservations[*i])
+    }
+
     fn register_option_set(&mut self, lease: &Lease, options: &[u8]) -> u16 {
         if lease.hw.and_then(|h| h.ethernet()).is_none() {
             return NO_OPTION_SET;
@@ -905,17 +1026,7 @@ impl Server {
     /// The option set a lease loaded from the store gets (its client's request list is
     /// unknown until it talks to us again: everything configured).
     fn option_set_for(&mut self, subnet: u16, lease: &Lease, prl: Option<&[u8]>) -> u16 {
-        let reservation = lease.client.as_ref().and_then(|c| {
-            let m = match c {
-                ClientKey::Id(id) => ClientMatch::ClientId(id.to_vec()),
-                ClientKey::Hw { addr, .. } => {
-                    ClientMatch::HwAddress(<[u8; 6]>::try_from(&addr[..]).ok()?)
-                }
-            };
-            self.reservation_by_client
-                .get(&m)
-                .map(|i| self.config.reservations[*i].clone())
-        });
+        let reservation = self.reservation_of(lease).cloned();
         let options = self.options_for(subnet, reservation.as_ref(), prl);
         self.register_option_set(lease, &options)
     }
@@ -982,6 +1093,7 @@ impl Server {
     /// out, and frees what may be reused.
     pub fn expire(&mut self, addresses: &[Ipv4Addr], now: u64) -> Effects {
         let mut effects = Effects::default();
+        self.check_ownership_timer(now);
         for &a in addresses {
             let Some(b) = self.bindings.get(&a) else {
                 continue;
@@ -1030,6 +1142,7 @@ impl Server {
         for &(address, chaddr, granted_until) in renewals {
             self.stats.inc("fast_path_renewals");
             let headroom_percent = u64::from(self.config.fast_path_headroom_percent);
+            let for_partner = self.failover.is_some() && self.pools.subnet_of(address).is_some();
             let Some(b) = self.bindings.get_mut(&address) else {
                 self.stats.inc("fast_path_renewal_unknown");
                 continue;
@@ -1040,6 +1153,14 @@ impl Server {
             }
             b.lease.ends = b.lease.ends.max(granted_until);
             b.lease.failover.cltt = now;
+            if for_partner {
+                // Every fast-path renewal reaches the partner (BNDUPD), with the potential
+                // expiry dhcpd would give it.
+                let granted = granted_until.saturating_sub(now);
+                b.lease.failover.tstp = now + u64::from(b.lease.lease_time) + granted / 2;
+                b.lease.failover.pending = true;
+                effects.failover_updates.push(address);
+            }
             // Raise the durable hold before renewals run into it (DESIGN.md, the horizon).
             let headroom = u64::from(b.lease.lease_time) * headroom_percent / 100;
             if b.lease.held_until < b.lease.ends + headroom / 2 {
@@ -1060,8 +1181,8 @@ impl Server {
                 commit: Some((
                     vec![Write::Lease(lease, cidr)],
                     AfterCommit {
-                        reply: None,
                         publish: vec![(address, version)],
+                        ..Default::default()
                     },
                 )),
                 ..Default::default()
@@ -1104,7 +1225,9 @@ impl Server {
             renew,
             rebind,
             ends: l.ends,
-            horizon: b.durable_held_until,
+            horizon: self
+                .failover_horizon(l)
+                .map_or(b.durable_held_until, |h| h.min(b.durable_held_until)),
         })
     }
 
@@ -1141,7 +1264,7 @@ fn occupies(l: &Lease, now: u64) -> bool {
     match l.state {
         LeaseState::Active => true,
         LeaseState::Declined => l.held_until > now,
-        LeaseState::Released | LeaseState::Expired => l.held_until > now,
+        LeaseState::Released | LeaseState::Expired | LeaseState::Reset => l.held_until > now,
         LeaseState::Free | LeaseState::Backup => false,
     }
 }

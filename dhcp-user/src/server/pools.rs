@@ -9,7 +9,10 @@ struct Range {
     start: u32,
     end: u32,
     subnet: u16,
+    /// Addresses this server may hand out now.
     free: FreeSet,
+    /// Failover: addresses in the BACKUP state (the secondary's to hand out).
+    backup: FreeSet,
 }
 
 /// Every dynamic pool of every subnet, sorted by address, each with its free set.
@@ -34,6 +37,7 @@ impl Pools {
                     end: p.end.into(),
                     subnet: s.id,
                     free: FreeSet::full((u32::from(p.end) - u32::from(p.start)) as usize + 1),
+                    backup: FreeSet::empty((u32::from(p.end) - u32::from(p.start)) as usize + 1),
                 })
             })
             .collect();
@@ -72,6 +76,59 @@ impl Pools {
                 r.free.take(off);
             }
         }
+    }
+
+    /// Failover: marks `a` as being in the BACKUP state or not.
+    pub fn set_backup(&mut self, a: Ipv4Addr, backup: bool) {
+        if let Some(i) = self.find(a) {
+            let off = (u32::from(a) - self.ranges[i].start) as usize;
+            let r = &mut self.ranges[i];
+            if backup {
+                r.backup.put(off);
+            } else {
+                r.backup.take(off);
+            }
+        }
+    }
+
+    /// Is `a` free for us to hand out?
+    #[cfg(test)]
+    pub fn is_free(&self, a: Ipv4Addr) -> bool {
+        self.find(a).is_some_and(|i| {
+            let r = &self.ranges[i];
+            r.free.is_free((u32::from(a) - r.start) as usize)
+        })
+    }
+
+    /// Every pool address, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|r| (r.start..=r.end).map(Ipv4Addr::from))
+    }
+
+    /// Per pool (range): (free for us, in BACKUP, size), for failover balancing.
+    pub fn balance(&self) -> Vec<(usize, usize, usize)> {
+        self.ranges
+            .iter()
+            .map(|r| (r.free.free(), r.backup.free(), r.free.len()))
+            .collect()
+    }
+
+    /// Up to `n` addresses of pool (range) `i` that are free for us, from its cursor on.
+    pub fn take_free(&mut self, i: usize, n: usize) -> Vec<Ipv4Addr> {
+        let mut out = vec![];
+        let r = &mut self.ranges[i];
+        let mut from = self.cursor[i];
+        while out.len() < n {
+            let Some(off) = r.free.next_free(from) else {
+                break;
+            };
+            r.free.take(off);
+            out.push(Ipv4Addr::from(r.start + off as u32));
+            from = off + 1;
+        }
+        out
     }
 
     /// A free address in `subnet`'s pools, round robin.

@@ -55,6 +55,7 @@ fn mac(n: u8) -> [u8; 6] {
 
 struct Msg {
     t: u8,
+    secs: u16,
     mac: [u8; 6],
     ciaddr: Ipv4Addr,
     giaddr: Ipv4Addr,
@@ -65,6 +66,7 @@ impl Msg {
     fn new(t: MessageType, mac: [u8; 6]) -> Msg {
         Msg {
             t: u8::from(t),
+            secs: 0,
             mac,
             ciaddr: Ipv4Addr::UNSPECIFIED,
             giaddr: Ipv4Addr::UNSPECIFIED,
@@ -81,6 +83,10 @@ impl Msg {
     fn server_id(self, a: Ipv4Addr) -> Msg {
         self.opt(opt::SERVER_ID, &a.octets())
     }
+    fn secs(mut self, secs: u16) -> Msg {
+        self.secs = secs;
+        self
+    }
     fn ciaddr(mut self, a: Ipv4Addr) -> Msg {
         self.ciaddr = a;
         self
@@ -95,6 +101,7 @@ impl Msg {
         b[1] = 1;
         b[2] = 6;
         b[4..8].copy_from_slice(&7u32.to_be_bytes());
+        b[8..10].copy_from_slice(&self.secs.to_be_bytes());
         b[12..16].copy_from_slice(&self.ciaddr.octets());
         b[24..28].copy_from_slice(&self.giaddr.octets());
         b[28..34].copy_from_slice(&self.mac);
@@ -605,4 +612,302 @@ pools = [{ start = "10.0.0.10", end = "10.15.66.73" }]
     // Offers expire and the addresses come back.
     s.expire(&[], T0 + 61);
     assert_eq!(s.pool_usage()[0].1, 1_000_000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failover: ownership, MCLT, load balancing, binding updates.
+
+mod failover {
+    use super::*;
+    use crate::failover::{config::Role, states::Service};
+
+    /// A 20-address pool, MCLT 60 s, leases of 600 s (longer than MCLT).
+    fn fo_conf(role: &str) -> String {
+        format!(
+            r#"
+interfaces = ["eth0"]
+server-id = "10.0.0.{}"
+
+[failover]
+role = "{role}"
+address = "10.9.0.{}"
+peer-address = "10.9.0.{}"
+mclt = 60
+
+[[subnet]]
+subnet = "10.0.0.0/24"
+interface = "eth0"
+pools = [{{ start = "10.0.0.100", end = "10.0.0.119" }}]
+default-lease-time = 600
+"#,
+            if role == "primary" { 1 } else { 2 },
+            if role == "primary" { 1 } else { 2 },
+            if role == "primary" { 2 } else { 1 },
+        )
+    }
+
+    fn view(role: Role, service: Service, stos: u64) -> FailoverView {
+        let hba = crate::failover::split_hba(128);
+        FailoverView {
+            role,
+            service,
+            stos,
+            mclt: 60,
+            our_buckets: if role == Role::Primary {
+                hba
+            } else {
+                hba.map(|b| !b)
+            },
+            lb_max_secs: 3,
+        }
+    }
+
+    fn pair() -> (Server, Server) {
+        let mut p = server_with(&fo_conf("primary"));
+        let mut s = server_with(&fo_conf("secondary"));
+        p.set_failover(Some(view(Role::Primary, Service::Cooperating, T0)), T0);
+        s.set_failover(Some(view(Role::Secondary, Service::Cooperating, T0)), T0);
+        (p, s)
+    }
+
+    /// A MAC whose RFC 3074 bucket belongs to the primary (`primary`) or the secondary.
+    fn mac_of(primary: bool, n: u8) -> [u8; 6] {
+        (0..=255u8)
+            .map(|i| [2, 0, 0, n, 0, i])
+            .find(|m| (dhcp_common::loadbalance::bucket(m) < 128) == primary)
+            .unwrap()
+    }
+
+    /// Sends every update of `from` the engine would send to `to`, acks them back.
+    fn sync(from: &mut Server, to: &mut Server, addresses: &[Ipv4Addr], now: u64) {
+        for &a in addresses {
+            let u = from.update_for(a).unwrap();
+            let (state, tstp) = (u.state, u.tstp);
+            to.apply_update(u, true, false, now).expect("accepted");
+            from.update_acked(a, state, tstp, now);
+        }
+    }
+
+    fn dora_on(s: &mut Server, m: [u8; 6], now: u64) -> Option<(Ipv4Addr, u32, Vec<Ipv4Addr>)> {
+        let a = offer(s, Msg::new(MessageType::Discover, m), now)?;
+        let e = s.handle(
+            &Msg::new(MessageType::Request, m)
+                .requested(a)
+                .server_id(s.server_id(None))
+                .build(),
+            &eth0(),
+            now,
+        );
+        let updates = e.failover_updates.clone();
+        let (_, after) = e.commit.expect("a commit");
+        let ack = after.reply.unwrap();
+        let lease_time = u32::from_be_bytes(
+            raw_option(&ack.bytes, opt::LEASE_TIME)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        for (addr, v) in after.publish {
+            s.committed(addr, v);
+        }
+        Some((a, lease_time, updates))
+    }
+
+    fn raw_option(bytes: &[u8], code: u8) -> Option<Vec<u8>> {
+        let mut i = 240;
+        while i + 1 < bytes.len() {
+            let (c, l) = (bytes[i], bytes[i + 1] as usize);
+            if c == 255 {
+                break;
+            }
+            if c == code {
+                return Some(bytes[i + 2..i + 2 + l].to_vec());
+            }
+            i += 2 + l;
+        }
+        None
+    }
+
+    #[test]
+    fn the_secondary_allocates_only_what_the_primary_gave_it() {
+        let (mut p, mut s) = pair();
+        // Before balancing, every free address is the primary's.
+        assert!(dora_on(&mut s, mac_of(false, 1), T0).is_none());
+        assert_eq!(s.stats.0["pool_exhausted"], 1);
+        let e = p.rebalance(T0);
+        assert_eq!(e.failover_updates.len(), 10, "half of 20");
+        sync(&mut p, &mut s, &e.failover_updates, T0);
+        assert_eq!(p.pool_split(), (10, 10));
+        assert_eq!(s.pool_split(), (10, 10));
+        let backup: std::collections::HashSet<Ipv4Addr> =
+            e.failover_updates.iter().copied().collect();
+        let mut given = std::collections::HashSet::new();
+        for n in 0..10 {
+            let (a, _, _) =
+                dora_on(&mut s, mac_of(false, n), T0).expect("secondary serves its half");
+            assert!(backup.contains(&a), "{a} is one of the secondary's");
+            assert!(given.insert(a));
+            let (b, _, _) = dora_on(&mut p, mac_of(true, n), T0).expect("primary serves its half");
+            assert!(!backup.contains(&b), "{b} is one of the primary's");
+            assert!(given.insert(b));
+        }
+        assert!(
+            dora_on(&mut s, mac_of(false, 99), T0).is_none(),
+            "the secondary's half is used up"
+        );
+    }
+
+    #[test]
+    fn load_balancing_leaves_the_partners_clients_alone() {
+        let (mut p, _) = pair();
+        let theirs = mac_of(false, 1);
+        assert!(offer(&mut p, Msg::new(MessageType::Discover, theirs), T0).is_none());
+        assert_eq!(p.stats.0["drop_partner_bucket"], 1);
+        assert!(offer(&mut p, Msg::new(MessageType::Discover, mac_of(true, 1)), T0).is_some());
+        // A client that has waited (secs > load-balance-max-seconds) is answered by anyone.
+        let m = Msg::new(MessageType::Discover, theirs).secs(10).build();
+        assert!(p.handle(&m, &eth0(), T0).send.is_some());
+    }
+
+    #[test]
+    fn mclt_bounds_a_lease_until_the_partner_acknowledges() {
+        let (mut p, mut s) = pair();
+        let m = mac_of(true, 1);
+        let (a, granted, updates) = dora_on(&mut p, m, T0).unwrap();
+        assert_eq!(granted, 60, "MCLT, not the 600 s configured");
+        assert_eq!(updates, vec![a]);
+        let l = p.lease(a).unwrap().clone();
+        assert_eq!(l.ends, T0 + 60);
+        assert_eq!(l.failover.tstp, T0 + 600 + 30, "desired + half the grant");
+        assert!(l.failover.pending);
+        // The fast path may not go beyond what the partner knows + MCLT.
+        assert_eq!(p.fast_lease(a).unwrap().horizon, T0 + 60);
+        sync(&mut p, &mut s, &[a], T0);
+        assert!(!p.lease(a).unwrap().failover.pending);
+        // Now the durable hold (grant + 100 % headroom of the lease time) is the lower bound,
+        // below what the partner knows + MCLT (T0 + 630 + 60).
+        assert_eq!(p.fast_lease(a).unwrap().horizon, T0 + 60 + 600);
+        // The partner has the binding too, and could renew it.
+        let theirs = s.lease(a).unwrap();
+        assert_eq!(theirs.state, LeaseState::Active);
+        assert_eq!(theirs.hw.unwrap().ethernet(), Some(m));
+        // Renewing now: the full lease fits under tsfp + MCLT.
+        let e = p.handle(
+            &Msg::new(MessageType::Request, m).ciaddr(a).build(),
+            &eth0(),
+            T0 + 30,
+        );
+        let ack = e.commit.unwrap().1.reply.unwrap();
+        assert_eq!(
+            raw_option(&ack.bytes, opt::LEASE_TIME).unwrap(),
+            600u32.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn an_ended_lease_is_free_again_only_once_the_partner_agrees() {
+        let (mut p, mut s) = pair();
+        let m = mac_of(true, 1);
+        let (a, _, _) = dora_on(&mut p, m, T0).unwrap();
+        sync(&mut p, &mut s, &[a], T0);
+        let e = p.handle(
+            &Msg::new(MessageType::Release, m).ciaddr(a).build(),
+            &eth0(),
+            T0 + 5,
+        );
+        assert_eq!(e.failover_updates, vec![a]);
+        assert_eq!(p.lease(a).unwrap().state, LeaseState::Released);
+        assert!(!p.pools.is_free(a), "not reusable before the partner knows");
+        sync(&mut p, &mut s, &[a], T0 + 5);
+        assert_eq!(p.lease(a).unwrap().state, LeaseState::Free);
+        assert!(p.pools.is_free(a));
+        assert_eq!(
+            s.lease(a).unwrap().state,
+            LeaseState::Free,
+            "the partner freed it too"
+        );
+    }
+
+    #[test]
+    fn partner_down_takes_the_partners_addresses_only_after_mclt() {
+        let (mut p, mut s) = pair();
+        let e = p.rebalance(T0);
+        sync(&mut p, &mut s, &e.failover_updates, T0);
+        // The secondary is alone now: it may give its own addresses at once, the primary's
+        // only after MCLT (the primary may have promised some just before it went silent).
+        let t = T0 + 1000;
+        s.set_failover(Some(view(Role::Secondary, Service::PartnerDown, t)), t);
+        let mut got = vec![];
+        for n in 0..10 {
+            got.push(
+                dora_on(&mut s, mac_of(n % 2 == 0, n), t)
+                    .expect("own addresses")
+                    .0,
+            );
+        }
+        assert!(
+            dora_on(&mut s, mac_of(true, 50), t + 30).is_none(),
+            "MCLT has not passed"
+        );
+        s.expire(&[], t + 61);
+        let (a, _, _) =
+            dora_on(&mut s, mac_of(true, 51), t + 62).expect("the partner's, after MCLT");
+        assert!(!got.contains(&a));
+    }
+
+    #[test]
+    fn binding_updates_follow_dhcpds_transition_rules() {
+        let (mut p, mut s) = pair();
+        let m = mac_of(true, 1);
+        let (a, _, _) = dora_on(&mut p, m, T0).unwrap();
+        sync(&mut p, &mut s, &[a], T0);
+        // The secondary may not expire an active lease on the primary.
+        let mut u = s.update_for(a).unwrap();
+        u.state = LeaseState::Expired;
+        let r = p.apply_update(u.clone(), true, false, T0 + 1).unwrap_err();
+        assert_eq!(r.reason, crate::failover::wire::reject::FATAL_CONFLICT);
+        // ... but a release it saw counts.
+        u.state = LeaseState::Released;
+        p.apply_update(u, true, false, T0 + 1).unwrap();
+        assert_eq!(p.lease(a).unwrap().state, LeaseState::Free);
+        // Active without a hardware address is refused.
+        let mut u = p.update_for(a).unwrap();
+        u.state = LeaseState::Active;
+        u.hw = None;
+        let r = s.apply_update(u, true, false, T0 + 2).unwrap_err();
+        assert_eq!(r.reason, crate::failover::wire::reject::MISSING_BINDINFO);
+        // Outside the pools: illegal address.
+        let mut u = p.update_for(a).unwrap();
+        u.address = Ipv4Addr::new(10, 0, 0, 5);
+        let r = s.apply_update(u, true, false, T0 + 2).unwrap_err();
+        assert_eq!(r.reason, crate::failover::wire::reject::ILLEGAL_IP_ADDR);
+    }
+
+    #[test]
+    fn nothing_is_answered_while_not_responding() {
+        let mut p = server_with(&fo_conf("primary"));
+        p.set_failover(
+            Some(view(
+                Role::Primary,
+                Service::NotResponding("recovering"),
+                T0,
+            )),
+            T0,
+        );
+        assert!(offer(&mut p, Msg::new(MessageType::Discover, mac_of(true, 1)), T0).is_none());
+        assert_eq!(p.stats.0["drop_failover_not_responding"], 1);
+    }
+
+    #[test]
+    fn fast_path_renewals_are_sent_to_the_partner() {
+        let (mut p, mut s) = pair();
+        let m = mac_of(true, 1);
+        let (a, _, _) = dora_on(&mut p, m, T0).unwrap();
+        sync(&mut p, &mut s, &[a], T0);
+        let e = p.observe_renewals(&[(a, m, T0 + 400)], T0 + 300);
+        assert_eq!(e.failover_updates, vec![a]);
+        let l = p.lease(a).unwrap();
+        assert_eq!(l.failover.tstp, T0 + 300 + 600 + 50);
+        assert!(l.failover.pending);
+    }
 }
