@@ -703,6 +703,167 @@ pub fn check_installed() -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Failover: xdpdhcp with a partner.
+
+/// A second xdpdhcp, the failover secondary, in its own namespace: linked to the server by
+/// `fo` (10.9.0.1 ↔ 10.9.0.2); it serves no clients here (a hot standby), it only keeps the
+/// lease database in step.
+pub struct Partner {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Partner {
+    /// `xdpdhcp failover status --json` of the partner.
+    pub fn status(&self) -> serde_json::Value {
+        failover_status(&self.dir.join("control.sock"))
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `failover status` of the xdpdhcp listening on `socket`.
+pub fn failover_status(socket: &Path) -> serde_json::Value {
+    let out = Command::new(daemon_binary())
+        .args(["failover", "status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    serde_json::from_str(&out).unwrap_or_default()
+}
+
+fn failover_config(
+    dir: &Path,
+    role: &str,
+    relay_pool_end: Ipv4Addr,
+    xdp_mode: &str,
+    max_unacked: u32,
+) -> String {
+    let (me, peer, sid) = if role == "primary" {
+        ("10.9.0.1", "10.9.0.2", "10.0.0.1")
+    } else {
+        ("10.9.0.2", "10.9.0.1", "10.0.0.3")
+    };
+    // A hot standby: every bucket is the primary's, so every renewal is answered there and
+    // sent to the secondary.
+    let split = if role == "primary" { "split = 256" } else { "" };
+    format!(
+        r#"interfaces = ["vs"]
+server-id = "{sid}"
+lease-store = "{dir}/leases.db"
+control-socket = "{dir}/control.sock"
+bpffs-dir = "/sys/fs/bpf/xdpdhcp-bench-{role}"
+xdp-mode = "{xdp_mode}"
+default-lease-time = {LEASE_TIME}
+max-lease-time = {LEASE_TIME}
+
+[failover]
+name = "bench"
+role = "{role}"
+address = "{me}"
+peer-address = "{peer}"
+mclt = {LEASE_TIME}
+max-response-delay = 30
+max-unacked-updates = {max_unacked}
+{split}
+
+[[subnet]]
+subnet = "10.0.0.0/12"
+interface = "vs"
+pools = [{{ start = "{DIRECT_BASE}", end = "10.1.0.255" }}]
+
+[[subnet]]
+subnet = "172.16.0.0/12"
+pools = [{{ start = "{RELAY_BASE}", end = "{relay_pool_end}" }}]
+"#,
+        dir = dir.display(),
+    )
+}
+
+/// xdpdhcp as failover primary (with `relayed` bound clients) and a new secondary that learns
+/// them all (UPDREQALL) before both reach NORMAL. Returns the primary, the partner, and how
+/// long the partner took to receive the database.
+pub fn xdpdhcp_failover_pair(
+    net: &BenchNet,
+    relayed: u32,
+    max_unacked: u32,
+) -> Result<(Running, Partner, Duration)> {
+    let pool_end = Ipv4Addr::from(u32::from(RELAY_BASE) + relayed + 255);
+    // The partner's namespace and links.
+    let pns = Netns::new(&format!("{}p", net.server.name))?;
+    veth(&net.server, "fo", &pns, "fo")?;
+    net.server
+        .run(&["ip", "addr", "add", "10.9.0.1/30", "dev", "fo"])?;
+    pns.run(&["ip", "addr", "add", "10.9.0.2/30", "dev", "fo"])?;
+    pns.run(&[
+        "ip", "link", "add", "vs", "type", "veth", "peer", "name", "vsp",
+    ])?;
+    pns.run(&["ip", "link", "set", "vs", "up"])?;
+    pns.run(&["ip", "link", "set", "vsp", "up"])?;
+    pns.run(&["ip", "addr", "add", "10.0.0.3/12", "dev", "vs"])?;
+
+    let pdir = net.dir.join("partner");
+    let _ = fs::remove_dir_all(&pdir);
+    fs::create_dir_all(&pdir)?;
+    fs::write(
+        pdir.join("xdpdhcp.toml"),
+        failover_config(&pdir, "secondary", pool_end, "off", max_unacked),
+    )?;
+    let dir = net.dir.join(Kind::Xdpdhcp.name());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("xdpdhcp.toml"),
+        failover_config(&dir, "primary", pool_end, "native", max_unacked),
+    )?;
+    preload_xdpdhcp(&dir.join("leases.db"), Preload { relayed, direct: 0 })?;
+
+    let started = Instant::now();
+    let out = fs::File::create(pdir.join("server.log"))?;
+    let child = pns
+        .cmd(&daemon_binary().display().to_string())
+        .args(["serve", "--config"])
+        .arg(pdir.join("xdpdhcp.toml"))
+        .args(["--log", "warn"])
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the failover partner")?;
+    let partner = Partner {
+        ns: pns,
+        dir: pdir,
+        child,
+    };
+    // The primary answers once both are NORMAL (before, it is recovering: not responding).
+    let primary = spawn(
+        Kind::Xdpdhcp,
+        net,
+        dir.clone(),
+        dir.join("server.log"),
+        &xdpdhcp_argv(&dir),
+    )?;
+    let synced = started.elapsed();
+    Ok((primary, partner, synced))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,8 @@ enum Task {
         /// Run only the tests whose names contain FILTER.
         filter: Option<String>,
     },
-    /// Measure: `--fastpath` for the XDP microbenchmark.
+    /// Measure: the XDP microbenchmark, then xdpdhcp against Kea, ISC dhcpd and dnsmasq
+    /// (`--fastpath`: only the microbenchmark; `--quick`: under three minutes).
     Bench(bench::BenchArgs),
     /// Build and run the daemon on a real NIC: `cargo xtask run -- serve --config FILE`.
     Run {

@@ -21,12 +21,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "kea-admin",
     "isc-dhcp-server",
     "isc-dhcp-client",
+    "isc-dhcp-relay",
     "dnsmasq",
     "busybox",
     "tcpdump",
     "tshark",
     "bpftool",
     "sqlite3",
+    // The benchmark chart's font.
+    "fonts-dejavu-core",
 ];
 
 pub fn run(root: &Path) -> Result<()> {

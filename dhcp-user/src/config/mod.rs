@@ -1121,6 +1121,53 @@ hostname = "printer"
     }
 
     #[test]
+    fn failover_section() {
+        let base = "interfaces = [\"eth0\"]\n[[subnet]]\nsubnet = \"10.0.0.0/24\"\n";
+        let ok = parse(
+            &format!("{base}[failover]\nrole = \"primary\"\naddress = \"10.9.0.1\"\npeer-address = \"10.9.0.2\"\nsplit = 64\n"),
+            "x",
+        )
+        .unwrap();
+        let f = ok.failover.unwrap();
+        assert_eq!(f.role, Role::Primary);
+        assert_eq!((f.port, f.peer_port, f.mclt), (647, 647, 3600));
+        assert_eq!(f.hba[..8], [0xff; 8]);
+        assert_eq!(f.hba[8..], [0; 24]);
+        let cases = [
+            (
+                "role = \"tertiary\"\naddress = \"10.9.0.1\"\npeer-address = \"10.9.0.2\"",
+                "expected primary or secondary",
+            ),
+            (
+                "role = \"secondary\"\naddress = \"10.9.0.1\"\npeer-address = \"10.9.0.2\"\nsplit = 128",
+                "set it on the primary only",
+            ),
+            (
+                "role = \"primary\"\naddress = \"10.9.0.1\"\npeer-address = \"10.9.0.1\"",
+                "own address",
+            ),
+            (
+                "role = \"primary\"\naddress = \"10.9.0.1\"\npeer-address = \"10.9.0.2\"\nhba = \"ff\"",
+                "32 bytes",
+            ),
+            (
+                "role = \"primary\"\naddress = \"10.9.0.1\"\npeer-address = \"10.9.0.2\"\nmclt = 0",
+                "mclt",
+            ),
+            ("role = \"primary\"\naddress = \"10.9.0.1\"", "peer-address"),
+        ];
+        for (section, expect) in cases {
+            let errs = parse(&format!("{base}[failover]\n{section}\n"), "x").unwrap_err();
+            let text = errs.to_string();
+            assert!(text.contains(expect), "{section}: {text}");
+            assert!(
+                errs.errors.iter().all(|e| e.line >= 4),
+                "line numbers point into [failover]: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn lease_time_rules() {
         let t = LeaseTimes {
             default: 3600,

@@ -769,9 +769,9 @@ impl Engine {
                 Action::Persist => out.persist = true,
                 Action::SendState => self.send_state(now, out),
                 Action::EnterNormal => {
+                    self.next_balance = now + BALANCE_EVERY;
                     if self.cfg.role == Role::Primary {
                         out.effects.merge(server.rebalance(now));
-                        self.next_balance = now + BALANCE_EVERY;
                     }
                     let pending = server.unacked_updates();
                     if !pending.is_empty() {
@@ -840,17 +840,21 @@ impl Engine {
         if !actions.is_empty() {
             self.perform(actions, server, now, &mut out);
         }
-        if self.cfg.role == Role::Primary
-            && self.machine.me == State::Normal
-            && self.peer.is_some()
-            && now >= self.next_balance
-        {
+        if self.machine.me == State::Normal && self.peer.is_some() && now >= self.next_balance {
             self.next_balance = now + BALANCE_EVERY;
-            let e = server.rebalance(now);
-            let moved = e.failover_updates.clone();
-            out.effects.merge(e);
-            out.effects.failover_updates.clear();
-            self.enqueue(&moved);
+            if self.cfg.role == Role::Primary {
+                let e = server.rebalance(now);
+                let moved = e.failover_updates.clone();
+                out.effects.merge(e);
+                out.effects.failover_updates.clear();
+                self.enqueue(&moved);
+            } else if server.pool_split().0 == 0 {
+                // Nothing left of our own to give: ask the primary for a share (dhcpd does
+                // the same when its side of a pool runs dry).
+                info!("failover: no free addresses of our own: sending a pool request");
+                let m = self.message(msg::POOLREQ, now);
+                self.send_to_peer(m, now, &mut out);
+            }
         }
         self.pump(server, now, &mut out);
         out
@@ -924,5 +928,287 @@ impl Engine {
                 "connects_rejected": self.counters.connects_rejected,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::VecDeque, sync::Arc};
+
+    use super::*;
+    use crate::{config, failover::wire::Message};
+
+    const T0: u64 = 1_700_000_000;
+
+    fn config(role: &str, name: &str) -> crate::config::Config {
+        let (me, peer) = if role == "primary" { (1, 2) } else { (2, 1) };
+        config::parse(
+            &format!(
+                r#"
+interfaces = ["eth0"]
+server-id = "10.0.0.{me}"
+[failover]
+name = "{name}"
+role = "{role}"
+address = "10.9.0.{me}"
+peer-address = "10.9.0.{peer}"
+mclt = 60
+max-unacked-updates = 4
+[[subnet]]
+subnet = "10.0.0.0/24"
+interface = "eth0"
+pools = [{{ start = "10.0.0.100", end = "10.0.0.119" }}]
+default-lease-time = 600
+"#
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    struct Side {
+        engine: Engine,
+        server: Server,
+        link: Option<LinkId>,
+    }
+
+    /// Two engines and their allocators joined by an in-memory connection; commits are
+    /// durable at once.
+    struct Net {
+        sides: [Side; 2],
+        wire: VecDeque<(usize, Message)>,
+        now: u64,
+    }
+
+    impl Net {
+        fn new(primary_name: &str, secondary_name: &str) -> Net {
+            let side = |role: &str, name: &str| {
+                let c = Arc::new(config(role, name));
+                let mut server = Server::new(c.clone(), c.server_id.unwrap(), vec![], T0);
+                let mut engine = Engine::new(c.failover.clone().unwrap(), &[], T0);
+                engine.start(&mut server, T0);
+                Side {
+                    engine,
+                    server,
+                    link: None,
+                }
+            };
+            Net {
+                sides: [
+                    side("primary", primary_name),
+                    side("secondary", secondary_name),
+                ],
+                wire: VecDeque::new(),
+                now: T0,
+            }
+        }
+
+        fn absorb(&mut self, who: usize, out: Output) {
+            for (link, m) in out.send {
+                if self.sides[who].link == Some(link) {
+                    self.wire.push_back((1 - who, m));
+                }
+            }
+            for link in out.close {
+                if self.sides[who].link == Some(link) {
+                    self.disconnect();
+                    return;
+                }
+            }
+            let now = self.now;
+            let mut effects = out.effects;
+            let updates = std::mem::take(&mut effects.failover_updates);
+            if let Some((_, after)) = effects.commit {
+                for (a, v) in after.publish {
+                    self.sides[who].server.committed(a, v);
+                }
+                for (xid, a) in after.failover_acks {
+                    let o = self.sides[who].engine.ack_committed(xid, a, now);
+                    self.absorb(who, o);
+                }
+            }
+            if !updates.is_empty() {
+                let side = &mut self.sides[who];
+                let o = side.engine.updates(&updates, &mut side.server, now);
+                self.absorb(who, o);
+            }
+        }
+
+        fn connect(&mut self) {
+            for who in 0..2 {
+                self.sides[who].link = Some(7);
+                let o = self.sides[who].engine.link_up(7, self.now);
+                self.absorb(who, o);
+            }
+            self.run();
+        }
+
+        fn disconnect(&mut self) {
+            self.wire.clear();
+            for who in 0..2 {
+                if let Some(link) = self.sides[who].link.take() {
+                    let side = &mut self.sides[who];
+                    let o = side.engine.link_down(link, &mut side.server, self.now);
+                    self.absorb(who, o);
+                }
+            }
+        }
+
+        fn run(&mut self) {
+            while let Some((to, m)) = self.wire.pop_front() {
+                let Some(link) = self.sides[to].link else {
+                    continue;
+                };
+                let side = &mut self.sides[to];
+                let o = side.engine.receive(link, m, &mut side.server, self.now);
+                self.absorb(to, o);
+            }
+        }
+
+        fn tick(&mut self, secs: u64) {
+            for _ in 0..secs {
+                self.now += 1;
+                for who in 0..2 {
+                    let side = &mut self.sides[who];
+                    let o = side.engine.tick(&mut side.server, self.now);
+                    self.absorb(who, o);
+                }
+                self.run();
+            }
+        }
+
+        fn state(&self, who: usize) -> State {
+            self.sides[who].engine.machine.me
+        }
+    }
+
+    #[test]
+    fn a_new_pair_reaches_normal_and_splits_the_pool() {
+        let mut n = Net::new("pair", "pair");
+        n.connect();
+        assert_eq!((n.state(0), n.state(1)), (State::Normal, State::Normal));
+        assert_eq!(n.sides[0].server.pool_split(), (10, 10));
+        assert_eq!(
+            n.sides[1].server.pool_split().0,
+            10,
+            "the secondary's own half"
+        );
+        // Windows of 4 unacknowledged updates were respected and everything was acked.
+        for s in &n.sides {
+            assert_eq!(s.engine.in_flight.len(), 0);
+            assert_eq!(s.engine.queue.len(), 0);
+        }
+        assert!(n.sides[0].engine.counters.bndack_received >= 10);
+    }
+
+    #[test]
+    fn handshake_rejections() {
+        // Different relationship names.
+        let mut n = Net::new("one", "two");
+        n.connect();
+        assert!(!n.sides[0].engine.connected());
+        assert_eq!(n.sides[1].engine.counters.connects_rejected, 1);
+        // A CONNECT from a clock two minutes off is refused.
+        let mut n = Net::new("x", "x");
+        n.sides[1].link = Some(7);
+        n.sides[1].engine.link_up(7, T0);
+        let mut m = Message::new(msg::CONNECT, 1, (T0 + 120) as u32);
+        m.relationship_name = Some(b"x".to_vec());
+        m.hba = Some(vec![0xff; 32]);
+        m.mclt = Some(60);
+        let side = &mut n.sides[1];
+        let out = side.engine.receive(7, m.clone(), &mut side.server, T0);
+        assert_eq!(out.send[0].1.reject_reason, Some(reject::TIMEMISMATCH));
+        assert_eq!(out.close, vec![7]);
+        // Without a hash bucket assignment.
+        m.time = T0 as u32;
+        m.hba = None;
+        let out = side.engine.receive(7, m, &mut side.server, T0);
+        assert_eq!(out.send[0].1.reject_reason, Some(reject::HBA_CONFLICT));
+    }
+
+    #[test]
+    fn losing_the_link_interrupts_and_updates_are_resent() {
+        let mut n = Net::new("p", "p");
+        n.connect();
+        n.disconnect();
+        assert_eq!(n.state(0), State::CommunicationsInterrupted);
+        assert_eq!(n.state(1), State::CommunicationsInterrupted);
+        // A lease changes while apart: it goes to the partner once connected again.
+        let a = Ipv4Addr::new(10, 0, 0, 105);
+        let e = {
+            let s = &mut n.sides[0].server;
+            s.rebalance(n.now)
+        };
+        assert!(e.failover_updates.is_empty(), "no balancing outside normal");
+        let p = &mut n.sides[0];
+        let o = p.engine.updates(&[a], &mut p.server, n.now);
+        assert!(o.send.is_empty(), "nothing sent without a link");
+        assert_eq!(p.engine.queue.len(), 1);
+        n.connect();
+        assert_eq!((n.state(0), n.state(1)), (State::Normal, State::Normal));
+        assert!(n.sides[0].engine.queue.is_empty());
+    }
+
+    #[test]
+    fn silence_longer_than_max_response_delay_drops_the_link_and_contact_keeps_it() {
+        let mut n = Net::new("k", "k");
+        n.connect();
+        // Keepalives flow: 2 minutes pass without any other message.
+        n.tick(120);
+        assert!(n.sides[0].engine.connected() && n.sides[1].engine.connected());
+        // The partner goes silent (its messages are lost).
+        let link = n.sides[1].link.take();
+        n.tick(61);
+        assert!(!n.sides[0].engine.connected());
+        assert_eq!(n.state(0), State::CommunicationsInterrupted);
+        let _ = link;
+    }
+
+    #[test]
+    fn both_in_partner_down_resolve_the_conflict_and_return_to_normal() {
+        let mut n = Net::new("c", "c");
+        n.connect();
+        n.disconnect();
+        for who in 0..2 {
+            let side = &mut n.sides[who];
+            side.engine.partner_down(&mut side.server, n.now).unwrap();
+        }
+        // Each allocated while alone; now they meet again.
+        n.connect();
+        assert_eq!((n.state(0), n.state(1)), (State::Normal, State::Normal));
+        for s in &n.sides {
+            assert!(s.engine.asked.is_none() && s.engine.answering.is_none());
+        }
+    }
+
+    #[test]
+    fn partner_down_is_refused_while_connected() {
+        let mut n = Net::new("d", "d");
+        n.connect();
+        let side = &mut n.sides[0];
+        assert!(side.engine.partner_down(&mut side.server, T0).is_err());
+        n.disconnect();
+        let side = &mut n.sides[0];
+        assert!(side.engine.partner_down(&mut side.server, T0).is_ok());
+        assert_eq!(side.engine.machine.me, State::PartnerDown);
+    }
+
+    #[test]
+    fn state_survives_a_restart() {
+        let mut n = Net::new("r", "r");
+        n.connect();
+        let meta: Vec<(String, String)> = n.sides[0]
+            .engine
+            .meta()
+            .into_iter()
+            .map(|w| match w {
+                Write::Meta(k, v) => (k, v),
+                _ => unreachable!(),
+            })
+            .collect();
+        let e = Engine::new(n.sides[0].engine.cfg.clone(), &meta, T0 + 5);
+        assert_eq!(e.machine.me, State::Normal);
+        assert_eq!(e.machine.partner, State::Normal);
     }
 }

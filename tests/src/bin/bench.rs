@@ -42,7 +42,7 @@ struct Args {
     /// Only these servers (default: all).
     #[arg(long, value_delimiter = ',')]
     servers: Vec<String>,
-    /// Only these workloads: renew, dora, perfdhcp, reboot, scale (default: all).
+    /// Only these workloads: renew, dora, perfdhcp, reboot, failover, scale (default: all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// The command line to print in the report.
@@ -162,6 +162,7 @@ fn main() -> Result<()> {
     };
     let started = Instant::now();
     let mut results: BTreeMap<&'static str, Outcome> = BTreeMap::new();
+    let mut failover = None;
     {
         // The generator lives in the generator namespace; so does this thread from now on.
         let _in_generator = net.generator.enter_here()?;
@@ -176,6 +177,9 @@ fn main() -> Result<()> {
                 .with_context(|| format!("benchmarking {}", kind.name()))?;
             results.insert(kind.name(), outcome);
         }
+        if wants("failover") && kinds.contains(&Kind::Xdpdhcp) {
+            failover = Some(bench_failover(&net, &mut generator, &params)?);
+        }
     }
     let scale = if wants("scale") && kinds.contains(&Kind::Xdpdhcp) {
         Some(bench_scale(&net, &params)?)
@@ -188,8 +192,19 @@ fn main() -> Result<()> {
         .and_then(|p| fs::read_to_string(p).ok())
         .and_then(|t| serde_json::from_str(&t).ok());
 
-    let summary = summarize(&results, scale.as_ref(), fastpath.as_ref());
-    let table = markdown(&results, &summary, scale.as_ref(), fastpath.as_ref());
+    let summary = summarize(
+        &results,
+        scale.as_ref(),
+        failover.as_ref(),
+        fastpath.as_ref(),
+    );
+    let table = markdown(
+        &results,
+        &summary,
+        scale.as_ref(),
+        failover.as_ref(),
+        fastpath.as_ref(),
+    );
     println!("\n{table}");
     if let Some(path) = &args.json {
         fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
@@ -523,6 +538,60 @@ fn reboot_storm(g: &mut Generator, p: &Params) -> Result<Storm> {
     Ok((pending.is_empty().then_some((secs, rounds)), (bound, n)))
 }
 
+/// Failover between two xdpdhcp (the second a hot standby).
+struct Failover {
+    /// A new partner's full update (UPDREQALL): bindings received and how long it took.
+    sync_bindings: u64,
+    sync_s: f64,
+    /// Renewals answered with the partner connected.
+    renew: Vec<Point>,
+    /// Binding updates per second the partner received while renewals ran at the best rate.
+    bndupd_per_s: f64,
+}
+
+/// xdpdhcp with a failover partner: the partner's initial sync, renewals with every one sent
+/// to the partner, and the binding-update rate that sustains.
+fn bench_failover(net: &BenchNet, g: &mut Generator, p: &Params) -> Result<Failover> {
+    eprintln!(
+        "\n=== failover: xdpdhcp with a partner ({:.0} s)",
+        elapsed()
+    );
+    let (server, partner, synced) = servers::xdpdhcp_failover_pair(net, p.renew_clients, 1000)?;
+    let received = |partner: &servers::Partner| {
+        partner.status()["counters"]["bndupd_received"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let sync_bindings = received(&partner);
+    eprintln!(
+        "partner in sync: {sync_bindings} bindings in {:.2} s",
+        synced.as_secs_f64()
+    );
+    g.set(Mode::Renew, 0, p.renew_clients, RELAY_BASE)?;
+    let renew = ladder(g, Mode::Renew, p, "renewals (failover on)", &server)?;
+    // Binding updates sustained at the best renewal rate: each client's renewals coalesce
+    // into one update while the previous one is unacknowledged.
+    let rate = best(&renew).map_or(1e4, |b| b.offered_pps);
+    let template = g.template(Mode::Renew);
+    let before = received(&partner);
+    let t = Instant::now();
+    g.paced(&template, rate, p.step * 3)?;
+    let bndupd_per_s = (received(&partner) - before) as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "binding updates to the partner: {bndupd_per_s:.0}/s while renewing at {rate:.0}/s; partner: {}",
+        partner.status()["counters"]
+    );
+    g.set(Mode::Idle, 0, 0, RELAY_BASE)?;
+    server.stop()?;
+    drop(partner);
+    Ok(Failover {
+        sync_bindings,
+        sync_s: synced.as_secs_f64(),
+        renew,
+        bndupd_per_s,
+    })
+}
+
 struct Scale {
     leases: u32,
     cold_start_s: f64,
@@ -585,6 +654,7 @@ fn best(points: &[Point]) -> Option<Point> {
 fn summarize(
     results: &BTreeMap<&str, Outcome>,
     scale: Option<&Scale>,
+    failover: Option<&Failover>,
     fastpath: Option<&Value>,
 ) -> Value {
     let by_server = |f: &dyn Fn(&Outcome) -> Value| -> Value {
@@ -613,6 +683,17 @@ fn summarize(
         s["cold_start_s_1m"] = json!((sc.cold_start_s * 100.0).round() / 100.0);
         s["bpf_map_mb_1m"] = json!(round(sc.map_mb));
         s["scale_leases"] = json!(sc.leases);
+    }
+    if let Some(f) = failover {
+        s["failover"] = json!({
+            "sync_bindings": f.sync_bindings,
+            "sync_s": (f.sync_s * 100.0).round() / 100.0,
+            "sync_bndupd_per_s": round(f.sync_bindings as f64 / f.sync_s),
+            "bndupd_per_s": round(f.bndupd_per_s),
+            "renew_pps_failover_on": best(&f.renew).map(|p| round(p.achieved_pps)),
+            "renew_pps_failover_off": s["renew_pps"]["xdpdhcp"].clone(),
+            "renew_curve_failover_on": curve(&f.renew),
+        });
     }
     if let Some(fp) = fastpath.and_then(Value::as_object) {
         for (k, v) in fp {
@@ -646,6 +727,7 @@ fn markdown(
     results: &BTreeMap<&str, Outcome>,
     summary: &Value,
     scale: Option<&Scale>,
+    failover: Option<&Failover>,
     fastpath: Option<&Value>,
 ) -> String {
     let order = ["xdpdhcp", "kea", "dhcpd", "dnsmasq"];
@@ -721,6 +803,21 @@ fn markdown(
             t,
             "\nxdpdhcp with {} leases: cold start (store → serving) {:.2} s, daemon RSS {:.0} MB, BPF maps {:.0} MB",
             sc.leases, sc.cold_start_s, sc.rss_mb, sc.map_mb
+        );
+    }
+    if let Some(f) = failover {
+        let on = best(&f.renew).map(|p| p.achieved_pps);
+        let _ = writeln!(
+            t,
+            "\nxdpdhcp failover (two xdpdhcp, hot standby): renewals {} with failover on vs {} off; \
+             {} binding updates (BNDUPD) per second sustained to the partner during renewals; \
+             a new partner learned {} bindings in {:.1} s ({:.0}/s)",
+            fmt_rate(on),
+            fmt_rate(get("renew_pps", "xdpdhcp")),
+            f.bndupd_per_s.round(),
+            f.sync_bindings,
+            f.sync_s,
+            f.sync_bindings as f64 / f.sync_s
         );
     }
     if let Some(fp) = fastpath {
