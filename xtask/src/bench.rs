@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{as_root, build_release, cargo, exec};
+use crate::{as_root, build_release, exec, tests_bin};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -33,20 +33,6 @@ pub struct BenchArgs {
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     as_root("the benchmarks")?;
-    let tests_bin = |name: &str| {
-        let mut cmd = cargo();
-        cmd.args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "xdpdhcp-tests",
-            "--bin",
-            name,
-            "--",
-        ]);
-        cmd
-    };
 
     // 1. The XDP program alone.
     let fastpath_json =

@@ -76,17 +76,7 @@ fn main() -> Result<()> {
             build_release()?;
             as_root("the lab")?;
             exec(
-                cargo()
-                    .args([
-                        "run",
-                        "--quiet",
-                        "--release",
-                        "-p",
-                        "xdpdhcp-tests",
-                        "--bin",
-                        "lab",
-                        "--",
-                    ])
+                tests_bin("lab")
                     .args(args)
                     .env("XDPDHCP_BIN", root.join("target/release/xdpdhcp")),
             )
@@ -112,6 +102,22 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// `cargo run` of one of the binaries in `tests/` (lab, benchmarks), built in release mode.
+fn tests_bin(name: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "xdpdhcp-tests",
+        "--bin",
+        name,
+        "--",
+    ]);
+    cmd
 }
 
 fn build_release() -> Result<()> {
