@@ -61,6 +61,23 @@ struct Point {
     loss: f64,
 }
 
+impl Point {
+    /// A step that sent `sent` requests in `secs` and got `answered` replies: the rate is
+    /// answers over the sending period; nothing sent counts as total loss.
+    fn measured(offered_pps: f64, sent: u64, answered: u64, secs: f64) -> Point {
+        let loss = if sent == 0 {
+            1.0
+        } else {
+            (1.0 - answered as f64 / sent as f64).max(0.0)
+        };
+        Point {
+            offered_pps,
+            achieved_pps: answered as f64 / secs,
+            loss,
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 struct Outcome {
     renew: Vec<Point>,
@@ -481,16 +498,8 @@ fn ladder(
             g.reset(1 << 16)?;
             let sent = g.paced(&template, rate, p.step)?;
             let c = g.settle(p.quiet, p.settle_max)?;
-            let loss = if sent == 0 {
-                1.0
-            } else {
-                (1.0 - c.ack as f64 / sent as f64).max(0.0)
-            };
-            let point = Point {
-                offered_pps: rate,
-                achieved_pps: c.ack as f64 / secs,
-                loss,
-            };
+            let point = Point::measured(rate, sent, c.ack, secs);
+            let loss = point.loss;
             eprintln!(
                 "{what}: offered {rate:>9.0}/s sent {:>9.0}/s answered {:>9.0}/s loss {:>6.2} % (NAK {}, late {})",
                 sent as f64 / secs,
@@ -527,16 +536,8 @@ fn dora_ladder(g: &mut Generator, p: &Params, server: &Running) -> Result<Vec<Po
             let sent = g.paced(&template, rate, p.step)?;
             let c = g.settle(p.quiet.max(Duration::from_millis(300)), p.settle_max)?;
             next += clients;
-            let loss = if sent == 0 {
-                1.0
-            } else {
-                (1.0 - c.ack as f64 / sent as f64).max(0.0)
-            };
-            let point = Point {
-                offered_pps: rate,
-                achieved_pps: c.ack as f64 / secs,
-                loss,
-            };
+            let point = Point::measured(rate, sent, c.ack, secs);
+            let loss = point.loss;
             eprintln!(
                 "DORA (generator): offered {rate:>8.0}/s completed {:>8.0}/s loss {:>6.2} % (offers {}, requests {}, NAK {})",
                 point.achieved_pps,
@@ -565,13 +566,8 @@ fn perfdhcp_ladder(
     climb(first, p.factor, p.refine, 4e4, server, p.drain, |rate| {
         let (sent, acks) =
             servers::perfdhcp(net, rate as u32, p.perfdhcp_secs, p.dora_pool, p.quick)?;
-        let loss = (1.0 - acks as f64 / sent as f64).max(0.0);
-        // Completed exchanges over the sending period, as for the generator.
-        let point = Point {
-            offered_pps: rate,
-            achieved_pps: acks as f64 / secs,
-            loss,
-        };
+        let point = Point::measured(rate, sent, acks, secs);
+        let loss = point.loss;
         eprintln!(
             "DORA (perfdhcp): offered {rate:>8.0}/s completed {:>8.0}/s loss {:>6.2} %",
             point.achieved_pps,
@@ -581,12 +577,12 @@ fn perfdhcp_ladder(
     })
 }
 
-/// Every preloaded direct client sends INIT-REBOOT at once; those without an answer retry
-/// (after the replies settle) until all are re-bound. Returns (seconds, rounds) and (bound, of).
 /// Seconds and retry rounds until all were re-bound (`None`: not within the limit), and how
 /// many of how many were.
 type Storm = (Option<(f64, u32)>, (u32, u32));
 
+/// Every preloaded direct client sends INIT-REBOOT at once; those without an answer retry
+/// (after the replies settle) until all are re-bound.
 fn reboot_storm(g: &mut Generator, p: &Params) -> Result<Storm> {
     let n = p.reboot_clients;
     let base = Ipv4Addr::from(u32::from(DIRECT_BASE).wrapping_sub(DIRECT_INDEX));
