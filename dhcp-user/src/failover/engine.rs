@@ -306,7 +306,7 @@ impl Engine {
         }
         match m.kind {
             msg::CONNECT => self.on_connect(id, m, server, now, &mut out),
-            msg::CONNECTACK => self.on_connectack(id, m, server, now, &mut out),
+            msg::CONNECTACK => self.on_connectack(id, m, now, &mut out),
             msg::DISCONNECT => {
                 error!(
                     "failover: partner disconnects: {} {}",
@@ -357,10 +357,7 @@ impl Engine {
             }
             msg::POOLREQ => {
                 let moved = if self.cfg.role == Role::Primary {
-                    let e = server.rebalance(now);
-                    let n = e.failover_updates.len();
-                    out.effects.merge(e);
-                    n
+                    self.rebalance(server, now, &mut out)
                 } else {
                     0
                 };
@@ -464,15 +461,7 @@ impl Engine {
     }
 
     /// CONNECTACK (we are the primary).
-    fn on_connectack(
-        &mut self,
-        id: LinkId,
-        m: Message,
-        server: &mut Server,
-        now: u64,
-        out: &mut Output,
-    ) {
-        let _ = server;
+    fn on_connectack(&mut self, id: LinkId, m: Message, now: u64, out: &mut Output) {
         if let Some(reason) = m.reject_reason {
             if reason == reject::DUP_CONNECTION {
                 // Both servers dialled at once; the other connection carries on.
@@ -771,7 +760,7 @@ impl Engine {
                 Action::EnterNormal => {
                     self.next_balance = now + BALANCE_EVERY;
                     if self.cfg.role == Role::Primary {
-                        out.effects.merge(server.rebalance(now));
+                        self.rebalance(server, now, out);
                     }
                     let pending = server.unacked_updates();
                     if !pending.is_empty() {
@@ -801,9 +790,16 @@ impl Engine {
                 Action::OwnershipChanged => {}
             }
         }
-        // Rebalancing queued updates through the effects; queue them here too.
-        let moved = std::mem::take(&mut out.effects.failover_updates);
+    }
+
+    /// Pool balancing (primary): the moves are stored through `out` and queued for the
+    /// partner. Returns how many addresses moved.
+    fn rebalance(&mut self, server: &mut Server, now: u64, out: &mut Output) -> usize {
+        let mut effects = server.rebalance(now);
+        let moved = std::mem::take(&mut effects.failover_updates);
+        out.effects.merge(effects);
         self.enqueue(&moved);
+        moved.len()
     }
 
     /// Keepalives, timeouts, timed transitions, pool balancing. Call about once a second.
@@ -843,11 +839,7 @@ impl Engine {
         if self.machine.me == State::Normal && self.peer.is_some() && now >= self.next_balance {
             self.next_balance = now + BALANCE_EVERY;
             if self.cfg.role == Role::Primary {
-                let e = server.rebalance(now);
-                let moved = e.failover_updates.clone();
-                out.effects.merge(e);
-                out.effects.failover_updates.clear();
-                self.enqueue(&moved);
+                self.rebalance(server, now, &mut out);
             } else if server.pool_split().0 == 0 {
                 // Nothing left of our own to give: ask the primary for a share (dhcpd does
                 // the same when its side of a pool runs dry).

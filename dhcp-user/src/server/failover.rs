@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use tracing::{info, warn};
 
-use super::{Binding, Effects, NO_OPTION_SET, Server};
+use super::{Effects, NO_OPTION_SET, Server};
 use crate::{
     failover::{config::Role, states::Service, wire::reject},
     lease::{ClientKey, HwAddr, Lease, LeaseState},
@@ -442,23 +442,9 @@ impl Server {
         } else {
             NO_OPTION_SET
         };
-        let version = self.bump();
-        let durable = self
-            .bindings
-            .get(&address)
-            .map_or(0, |b| b.durable_held_until);
         self.timers.insert((lease.ends.max(now), address));
         self.timers.insert((lease.held_until, address));
-        self.bindings.insert(
-            address,
-            Binding {
-                lease: lease.clone(),
-                version,
-                durable_held_until: durable,
-                option_set,
-            },
-        );
-        self.refresh(address, now);
+        let version = self.record_binding(lease.clone(), option_set, now);
         let cidr = self.subnet(lease.subnet).net.to_string();
         let active = lease.state == LeaseState::Active;
         Effects {

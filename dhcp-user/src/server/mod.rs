@@ -343,6 +343,28 @@ impl Server {
         timers
     }
 
+    /// Replaces the binding of `lease.address` with a new version. The durable end stays the
+    /// previous one until the store confirms this lease; returns the new version.
+    fn record_binding(&mut self, lease: Lease, option_set: u16, now: u64) -> u64 {
+        let address = lease.address;
+        let version = self.bump();
+        let durable = self
+            .bindings
+            .get(&address)
+            .map_or(0, |b| b.durable_held_until);
+        self.bindings.insert(
+            address,
+            Binding {
+                lease,
+                version,
+                durable_held_until: durable,
+                option_set,
+            },
+        );
+        self.refresh(address, now);
+        version
+    }
+
     fn bump(&mut self) -> u64 {
         self.next_version += 1;
         self.next_version
@@ -762,21 +784,7 @@ impl Server {
         self.by_client.insert(req.client.clone(), address);
         self.timers.insert((lease.ends, address));
         self.timers.insert((lease.held_until, address));
-        let version = self.bump();
-        let durable = self
-            .bindings
-            .get(&address)
-            .map_or(0, |b| b.durable_held_until);
-        self.bindings.insert(
-            address,
-            Binding {
-                lease: lease.clone(),
-                version,
-                durable_held_until: durable,
-                option_set,
-            },
-        );
-        self.refresh(address, now);
+        let version = self.record_binding(lease.clone(), option_set, now);
 
         let answer = Answer {
             msg_type: MessageType::Ack,
@@ -923,27 +931,13 @@ impl Server {
             lease.failover.tstp = now;
             lease.failover.pending = true;
         }
-        let version = self.bump();
-        let durable = self
-            .bindings
-            .get(&address)
-            .map_or(0, |b| b.durable_held_until);
         self.timers.insert((lease.held_until, address));
         let cidr = self
             .config
             .subnet_of(address)
             .map(|s| s.net.to_string())
             .unwrap_or_default();
-        self.bindings.insert(
-            address,
-            Binding {
-                lease: lease.clone(),
-                version,
-                durable_held_until: durable,
-                option_set: NO_OPTION_SET,
-            },
-        );
-        self.refresh(address, now);
+        self.record_binding(lease.clone(), NO_OPTION_SET, now);
         Effects {
             remove_from_fast_path: vec![address],
             commit: Some((vec![Write::Lease(lease, cidr)], AfterCommit::default())),
