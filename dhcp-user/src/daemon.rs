@@ -593,13 +593,18 @@ impl Core {
             self.failover_send(&mut out);
         }
         if let Some((writes, after)) = effects.commit {
-            let id = self.next_batch;
-            self.next_batch += 1;
-            self.pending.insert(id, after);
-            if let Err(e) = self.store.submit(Batch { id, writes }) {
-                error!("{e:#}");
-                self.pending.remove(&id);
-            }
+            self.submit(writes, after);
+        }
+    }
+
+    /// Hands `writes` to the store writer; `after` is carried out once they are durable.
+    fn submit(&mut self, writes: Vec<store::Write>, after: AfterCommit) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.pending.insert(id, after);
+        if let Err(e) = self.store.submit(Batch { id, writes }) {
+            error!("{e:#}");
+            self.pending.remove(&id);
         }
     }
 
@@ -702,13 +707,7 @@ impl Core {
         if out.persist {
             out.persist = false;
             let writes = fo.engine.meta();
-            let id = self.next_batch;
-            self.next_batch += 1;
-            self.pending.insert(id, AfterCommit::default());
-            if let Err(e) = self.store.submit(Batch { id, writes }) {
-                error!("{e:#}");
-                self.pending.remove(&id);
-            }
+            self.submit(writes, AfterCommit::default());
         }
         self.sync_fast_config();
     }
